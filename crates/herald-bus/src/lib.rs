@@ -1,0 +1,76 @@
+//! The bus between herald nodes, and presence beside it.
+//!
+//! # Layout
+//! - `lib.rs`: the [`Bus`], [`BusSubscriber`], [`BusHandler`] and [`Presence`]
+//!   traits and [`BusError`].
+//! - [`local`]: the in-process bus and presence of `herald dev` (one node).
+//! - [`conformance`]: the suite every bus implementation must pass unchanged.
+//!
+//! This crate cannot reach the store: whatever travels here (signals,
+//! presence) stays ephemeral (DESIGN.md guarantee 7). A bus may drop, delay or
+//! reorder messages across publishers; gateways repair that by seq.
+
+use async_trait::async_trait;
+use herald_protocol::bus::Envelope;
+use herald_protocol::server::ClientInfo;
+use herald_protocol::ChannelName;
+use std::sync::Arc;
+
+pub mod conformance;
+pub mod local;
+
+/// Bus failures.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The bus cannot be reached (retryable).
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
+    /// The bus was shut down.
+    #[error("bus closed")]
+    Closed,
+}
+
+/// Receives what the bus delivers to one attached node.
+///
+/// Called from the bus's own task: implementations must not block (no I/O,
+/// no await; hand work off).
+pub trait BusHandler: Send + Sync + 'static {
+    /// An envelope on a channel this node subscribed to.
+    fn on_envelope(&self, env: Envelope);
+    /// The bus connection was lost and is back: anything published meanwhile
+    /// may be lost, so every subscribed channel must catch up from history.
+    fn on_reconnect(&self);
+}
+
+/// One node's subscription set on the bus.
+#[async_trait]
+pub trait BusSubscriber: Send + Sync + 'static {
+    /// Subscribes to channels; returns once the bus will deliver their
+    /// messages published from now on. Subscribing twice is harmless.
+    async fn subscribe(&self, channels: &[ChannelName]) -> Result<(), BusError>;
+    /// Unsubscribes; harmless for channels not subscribed.
+    async fn unsubscribe(&self, channels: &[ChannelName]) -> Result<(), BusError>;
+}
+
+/// A publish/subscribe bus carrying [`Envelope`]s.
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// Publishes one envelope on its channel (best effort, at most once).
+    async fn publish(&self, env: &Envelope) -> Result<(), BusError>;
+    /// Attaches a node: the handler receives envelopes of the channels the
+    /// returned subscriber subscribes to.
+    fn attach(&self, handler: Arc<dyn BusHandler>) -> Arc<dyn BusSubscriber>;
+    /// Whether the bus answers (for `/readyz`).
+    async fn ping(&self) -> Result<(), BusError>;
+}
+
+/// Who is subscribed to a channel, across nodes (best effort, never stored).
+#[async_trait]
+pub trait Presence: Send + Sync + 'static {
+    /// Records a client on a channel.
+    async fn join(&self, channel: &ChannelName, client: &ClientInfo) -> Result<(), BusError>;
+    /// Removes a connection from a channel.
+    async fn leave(&self, channel: &ChannelName, conn: &str) -> Result<(), BusError>;
+    /// The clients on a channel now.
+    async fn list(&self, channel: &ChannelName) -> Result<Vec<ClientInfo>, BusError>;
+}
