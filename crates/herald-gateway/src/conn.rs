@@ -1,0 +1,849 @@
+//! One WebSocket connection: a single task that owns the connection's state
+//! and runs its reader and writer side by side (`join!`, no extra task).
+//!
+//! - The reader decodes requests, enforces the rate limit, heartbeat and
+//!   token expiry, and answers each request once (PROTOCOL.md section 4).
+//! - The writer drains the [`Outbox`] and writes every queued frame with one
+//!   vectored write; it alone writes to the socket.
+//! - Subscribe ordering (PROTOCOL.md section 5): the subscriber is added to
+//!   the hub *buffering* before the channel position is read, so every
+//!   message after the reply's seq is either replayed or buffered; the reply
+//!   goes first, then the replay, then the buffer, then live messages.
+
+use crate::hub::{AddError, ConnHandle, GoLive, PresencePayload};
+use crate::ingest::PublishCall;
+use crate::metrics as m;
+use crate::outbox::{Outbox, Take};
+use crate::ws;
+use crate::Inner;
+use bytes::{Bytes, BytesMut};
+use fastwebsockets::{OpCode, WebSocketError};
+use herald_auth::{ConnClaims, GrantOp};
+use herald_protocol::bus::{Envelope, Kind, ENVELOPE_VERSION};
+use herald_protocol::server::{
+    ClientInfo, Disconnect, Empty, ErrorRef, Pong, PresenceList, ReplyErr, ReplyOk, SubResult,
+    Unsubscribed, Welcome,
+};
+use herald_protocol::{
+    ChannelName, CloseCode, DecodeLimits, Encoding, ErrorCode, Op, Request, decode_request,
+};
+use std::collections::HashMap;
+use std::io::IoSlice;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+/// Boxed read half (the upgraded TCP stream, or a generic split).
+pub type Reader = Box<dyn AsyncRead + Unpin + Send>;
+/// Boxed write half.
+pub type Writer = Box<dyn AsyncWrite + Unpin + Send>;
+
+/// What the HTTP upgrade learned before the socket was handed over.
+pub struct Handshake {
+    /// Negotiated encoding.
+    pub enc: Encoding,
+    /// The token, if any.
+    pub token: Option<String>,
+    /// `recover=` entries.
+    pub recover: HashMap<ChannelName, u64>,
+    /// Route channels.
+    pub route_channels: Vec<ChannelName>,
+    /// Peer address, for logs.
+    pub peer: String,
+}
+
+/// An error for one request: the code, and a message for the client.
+struct ReqError(ErrorCode, String);
+
+impl ReqError {
+    fn new(code: ErrorCode, msg: impl Into<String>) -> Self {
+        Self(code, msg.into())
+    }
+}
+
+struct SubInfo {
+    /// Granted by a subscription token rather than the connection token
+    /// (a `refresh` does not end it).
+    via_sub_token: bool,
+}
+
+/// Planned replay of a subscription, done after the reply.
+struct Plan {
+    channel: ChannelName,
+    /// Live delivery starts after this seq (the reply's seq).
+    after: u64,
+    /// Replay seqs `since+1..=after` (when recovered).
+    replay_from: Option<u64>,
+    /// First page already fetched.
+    first_page: Vec<herald_protocol::server::Message>,
+}
+
+/// Token bucket with PROTOCOL.md section 7 over-limit tracking.
+struct RateLimit {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    at: Instant,
+    over_since: Option<Instant>,
+    last_refused: Option<Instant>,
+}
+
+impl RateLimit {
+    fn new(rate: u32, burst: u32) -> Self {
+        Self {
+            tokens: f64::from(burst),
+            rate: f64::from(rate),
+            burst: f64::from(burst),
+            at: Instant::now(),
+            over_since: None,
+            last_refused: None,
+        }
+    }
+
+    /// Ok(true) allowed; Ok(false) refused; Err(()) over the limit for 2 s.
+    fn take(&mut self, now: Instant) -> Result<bool, ()> {
+        let dt = now.duration_since(self.at).as_secs_f64();
+        self.at = now;
+        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return Ok(true);
+        }
+        // Over the limit from the first refusal until a whole second passes
+        // without one.
+        let fresh = self
+            .last_refused
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
+        if fresh || self.over_since.is_none() {
+            self.over_since = Some(now);
+        }
+        self.last_refused = Some(now);
+        match self.over_since {
+            Some(s) if now.duration_since(s) >= Duration::from_secs(2) => Err(()),
+            _ => Ok(false),
+        }
+    }
+}
+
+/// The per-connection state owned by the reader.
+struct Conn {
+    gw: Arc<Inner>,
+    handle: Arc<ConnHandle>,
+    claims: ConnClaims,
+    subs: HashMap<ChannelName, SubInfo>,
+    expires: Option<tokio::time::Instant>,
+}
+
+/// Runs a connection until it closes.
+pub async fn run(gw: Arc<Inner>, rd: Reader, wr: Writer, hs: Handshake) {
+    let num = gw.next_conn_num();
+    let id: Arc<str> = Arc::from(format!("c_{}", uuid::Uuid::now_v7().simple()));
+    let handle = Arc::new(ConnHandle {
+        num,
+        id,
+        enc: hs.enc,
+        outbox: Outbox::new(gw.cfg.limits.max_queue_bytes),
+    });
+    let done = CancellationToken::new();
+    let writer = write_loop(wr, handle.clone(), done.clone());
+    let reader = read_side(gw, handle.clone(), rd, hs, done.clone());
+    tokio::join!(writer, reader);
+}
+
+async fn write_loop(mut wr: Writer, h: Arc<ConnHandle>, done: CancellationToken) {
+    loop {
+        match h.outbox.take().await {
+            Take::Frames(frames) => {
+                let n = frames.len() as u64;
+                let bytes: usize = frames.iter().map(Bytes::len).sum();
+                if write_all_vectored(&mut wr, &frames).await.is_err() {
+                    h.outbox.mark_dead();
+                    break;
+                }
+                m::frames_sent().increment(n);
+                m::bytes_sent().increment(bytes as u64);
+            }
+            Take::Close(code) => {
+                let mut frames = Vec::with_capacity(2);
+                if code != CloseCode::Normal {
+                    frames.push(ws::encode_frame(h.enc, &Disconnect::new(code)));
+                }
+                frames.push(ws::close_frame(code));
+                // Bounded: a client that does not read must not hold us.
+                let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                    write_all_vectored(&mut wr, &frames).await?;
+                    wr.flush().await?;
+                    wr.shutdown().await
+                })
+                .await;
+                m::disconnects(code.label()).increment(1);
+                h.outbox.mark_dead();
+                break;
+            }
+        }
+    }
+    done.cancel();
+}
+
+async fn write_all_vectored(wr: &mut Writer, frames: &[Bytes]) -> std::io::Result<()> {
+    let mut idx = 0;
+    let mut off = 0;
+    while idx < frames.len() {
+        let slices: Vec<IoSlice<'_>> = std::iter::once(IoSlice::new(&frames[idx][off..]))
+            .chain(frames[idx + 1..].iter().take(63).map(|f| IoSlice::new(f)))
+            .collect();
+        let mut n = wr.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 && idx < frames.len() {
+            let left = frames[idx].len() - off;
+            if n >= left {
+                n -= left;
+                idx += 1;
+                off = 0;
+            } else {
+                off += n;
+                n = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
+type ReadResult = Result<(bool, OpCode, Bytes), WebSocketError>;
+
+/// Owns the reader so a cancelled `select!` never loses half a frame
+/// (fastwebsockets' `read_frame` is not cancel-safe; CRATES.md).
+async fn read_one(
+    mut rd: fastwebsockets::WebSocketRead<Reader>,
+) -> (fastwebsockets::WebSocketRead<Reader>, ReadResult) {
+    let mut noop = |_| async { Ok::<(), std::io::Error>(()) };
+    let r = rd
+        .read_frame(&mut noop)
+        .await
+        .map(|f| (f.fin, f.opcode, Bytes::from(f.payload.to_vec())));
+    (rd, r)
+}
+
+async fn read_side(
+    gw: Arc<Inner>,
+    handle: Arc<ConnHandle>,
+    rd: Reader,
+    hs: Handshake,
+    done: CancellationToken,
+) {
+    let (mut wsr, _) =
+        fastwebsockets::after_handshake_split(rd, tokio::io::sink(), fastwebsockets::Role::Server);
+    wsr.set_auto_close(false);
+    wsr.set_auto_pong(false);
+    wsr.set_max_message_size(gw.cfg.limits.max_frame_bytes + 1);
+
+    // Authenticate; a bad token still completes the upgrade and gets a
+    // disconnect + close (PROTOCOL.md section 2).
+    let claims = match hs.token.as_deref().filter(|t| !t.is_empty()) {
+        None => Err(CloseCode::Unauthorized),
+        Some(t) => gw.verifier.verify(t).map_err(|e| {
+            tracing::debug!(error = %e, peer = %hs.peer, "token rejected");
+            e.close_code()
+        }),
+    };
+    let claims = match claims {
+        Ok(c) => c,
+        Err(code) => {
+            handle.outbox.close(code);
+            linger(wsr, &done).await;
+            return;
+        }
+    };
+    if let Err(code) = gw.register(&handle, &claims.sub) {
+        handle.outbox.close(code);
+        linger(wsr, &done).await;
+        return;
+    }
+    m::connections().increment(1.0);
+    let span = tracing::debug_span!("conn", conn = %handle.id, sub = %claims.sub, node = %gw.cfg.node_id, peer = %hs.peer);
+    let _enter = span.enter();
+    let expires = expiry_deadline(&claims, gw.verifier.leeway());
+    let mut conn = Conn {
+        gw: gw.clone(),
+        handle: handle.clone(),
+        claims,
+        subs: HashMap::new(),
+        expires,
+    };
+    drop(_enter);
+
+    if conn.welcome(&hs).await {
+        conn.serve(wsr, &done).await;
+    } else {
+        linger(wsr, &done).await;
+    }
+    conn.cleanup().await;
+    gw.unregister(&handle, &conn.claims.sub);
+    m::connections().decrement(1.0);
+}
+
+fn expiry_deadline(c: &ConnClaims, leeway: Duration) -> Option<tokio::time::Instant> {
+    let at = c.expires_at()? + leeway;
+    let left = at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
+    Some(tokio::time::Instant::now() + left)
+}
+
+/// After a close was requested: keep reading (and discarding) until the
+/// writer is done and the peer closes or 2 s pass, so unread client data
+/// does not turn our close into a TCP reset that eats the close frame.
+async fn linger(rd: fastwebsockets::WebSocketRead<Reader>, done: &CancellationToken) {
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let mut rd = rd;
+        done.cancelled().await;
+        loop {
+            let (r, res) = read_one(rd).await;
+            rd = r;
+            match res {
+                Ok((_, OpCode::Close, _)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    done.cancelled().await;
+}
+
+impl Conn {
+    fn enc(&self) -> Encoding {
+        self.handle.enc
+    }
+
+    fn push<T: serde::Serialize>(&self, frame: &T) {
+        self.handle.outbox.push(ws::encode_frame(self.enc(), frame));
+    }
+
+    fn reply_ok<T: serde::Serialize>(&self, id: i64, result: &T) {
+        self.push(&ReplyOk {
+            kind: "reply",
+            id,
+            result,
+        });
+    }
+
+    fn reply_err(&self, id: Option<i64>, code: ErrorCode, message: &str) {
+        m::errors(code.as_str()).increment(1);
+        self.push(&ReplyErr {
+            kind: "reply",
+            id,
+            error: ErrorRef { code, message },
+        });
+    }
+
+    fn client_info(&self) -> ClientInfo {
+        ClientInfo {
+            sub: self.claims.sub.clone(),
+            conn: self.handle.id.to_string(),
+            info: self.claims.info.clone(),
+        }
+    }
+
+    /// Automatic subscriptions, the welcome frame and their recovery.
+    async fn welcome(&mut self, hs: &Handshake) -> bool {
+        let mut wanted: Vec<ChannelName> = self.claims.channels.clone();
+        for c in &hs.route_channels {
+            if !wanted.contains(c) {
+                wanted.push(c.clone());
+            }
+        }
+        let mut results = Vec::new();
+        let mut plans = Vec::new();
+        for ch in wanted {
+            // Route channels still need a grant; token channels carry one.
+            if !self.claims.allows(GrantOp::Subscribe, &ch) {
+                continue;
+            }
+            if self.subs.len() >= self.gw.cfg.limits.max_subscriptions_per_connection {
+                break;
+            }
+            let since = hs.recover.get(&ch).copied();
+            match self.prepare(&ch, since, false).await {
+                Ok((res, plan)) => {
+                    results.push(res);
+                    plans.push(plan);
+                }
+                // A capped channel is left out of `welcome.subs`.
+                Err(ReqError(ErrorCode::LimitReached, _)) => {}
+                Err(ReqError(code, msg)) => {
+                    tracing::warn!(channel = %ch, code = %code, error = %msg, "automatic subscription failed");
+                    self.handle.outbox.close(CloseCode::ServiceRestart);
+                    return false;
+                }
+            }
+        }
+        let hb = self.gw.cfg.limits.heartbeat_interval.as_secs_f64();
+        self.push(&Welcome {
+            kind: "welcome",
+            conn: &self.handle.id,
+            node: &self.gw.cfg.node_id,
+            heartbeat: hb,
+            subs: &results,
+        });
+        for plan in plans {
+            if !self.finish(plan).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Steps 1-3 of a subscribe: add buffering, wait for the bus, read the
+    /// position (and first replay page). On error the subscriber is removed.
+    async fn prepare(
+        &mut self,
+        ch: &ChannelName,
+        since: Option<u64>,
+        via_sub_token: bool,
+    ) -> Result<(SubResult, Plan), ReqError> {
+        let presence = self.claims.allows(GrantOp::Presence, ch);
+        let cap = self.gw.cfg.limits.channel_cap(ch.as_str());
+        self.gw
+            .hub
+            .add(ch, &self.handle, presence, cap)
+            .map_err(|AddError::Cap| {
+                ReqError::new(ErrorCode::LimitReached, format!("{ch} has reached its subscriber limit on this node"))
+            })?;
+        match self.position(ch, since).await {
+            Ok(r) => {
+                self.subs.insert(ch.clone(), SubInfo { via_sub_token });
+                Ok(r)
+            }
+            Err(e) => {
+                self.gw.hub.remove(ch, self.handle.num);
+                Err(e)
+            }
+        }
+    }
+
+    async fn position(&self, ch: &ChannelName, since: Option<u64>) -> Result<(SubResult, Plan), ReqError> {
+        self.gw
+            .hub
+            .bus_ready(ch)
+            .await
+            .map_err(|e| ReqError::new(ErrorCode::Unavailable, format!("bus unavailable: {e}")))?;
+        let ingest_err = |e: crate::ingest::IngestError| ReqError::new(e.code, e.message);
+        let Some(since) = since else {
+            let pos = self.gw.ingest_positions(std::slice::from_ref(ch)).await.map_err(ingest_err)?;
+            let seq = pos.first().copied().unwrap_or(0);
+            return Ok((
+                SubResult { channel: ch.clone(), seq, recovered: None, replayed: None },
+                Plan { channel: ch.clone(), after: seq, replay_from: None, first_page: Vec::new() },
+            ));
+        };
+        let page = self.gw.ingest_history(ch, since, 100).await.map_err(ingest_err)?;
+        let last = page.last_seq;
+        let behind = last.saturating_sub(since);
+        let contiguous = match page.messages.first() {
+            Some(m) => m.seq == since + 1,
+            None => behind == 0,
+        };
+        let recovered = since <= last && behind <= self.gw.cfg.limits.max_replay && contiguous;
+        let replayed = if recovered { behind } else { 0 };
+        Ok((
+            SubResult { channel: ch.clone(), seq: last, recovered: Some(recovered), replayed: Some(replayed) },
+            Plan {
+                channel: ch.clone(),
+                after: last,
+                replay_from: (recovered && behind > 0).then_some(since + 1),
+                first_page: if recovered { page.messages } else { Vec::new() },
+            },
+        ))
+    }
+
+    /// After the reply: replay, then go live (filling anything this node
+    /// handed out before the subscriber was buffering).
+    async fn finish(&mut self, plan: Plan) -> bool {
+        let ch = plan.channel.clone();
+        if let Some(from) = plan.replay_from {
+            if !self.send_history(&ch, from, plan.after, plan.first_page).await {
+                return false;
+            }
+        }
+        let mut after = plan.after;
+        loop {
+            match self.gw.hub.go_live(&ch, self.handle.num, after) {
+                GoLive::Done | GoLive::Gone => return true,
+                GoLive::Missing { from, to } => {
+                    if !self.send_history(&ch, from, to, Vec::new()).await {
+                        return false;
+                    }
+                    after = to;
+                }
+            }
+        }
+    }
+
+    /// Sends seqs `from..=to` of a channel from history, page by page at the
+    /// pace the client reads (outside the queue bound, PROTOCOL.md section 5).
+    async fn send_history(
+        &self,
+        ch: &ChannelName,
+        from: u64,
+        to: u64,
+        mut page: Vec<herald_protocol::server::Message>,
+    ) -> bool {
+        let mut next = from;
+        while next <= to {
+            if page.is_empty() {
+                let limit = u32::try_from((to - next + 1).min(500)).unwrap_or(500);
+                match self.gw.ingest_history(ch, next - 1, limit).await {
+                    Ok(p) if p.messages.is_empty() => return true,
+                    Ok(p) => page = p.messages,
+                    Err(e) => {
+                        tracing::warn!(channel = %ch, error = %e, "replay read failed; asking the client to reconnect");
+                        self.handle.outbox.close(CloseCode::ServiceRestart);
+                        return false;
+                    }
+                }
+            }
+            for mut msg in page.drain(..) {
+                if msg.seq < next || msg.seq > to {
+                    continue;
+                }
+                next = msg.seq + 1;
+                msg.kind = Some(herald_protocol::server::MessageKind::Message);
+                if !self.handle.outbox.push_unbounded(ws::encode_frame(self.enc(), &msg)) {
+                    return false;
+                }
+            }
+            if !self.handle.outbox.wait_drained().await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The reader loop.
+    async fn serve(&mut self, rd: fastwebsockets::WebSocketRead<Reader>, done: &CancellationToken) {
+        let limits = self.gw.cfg.limits.clone();
+        let mut reading = Box::pin(read_one(rd));
+        let mut heartbeat = tokio::time::interval_at(
+            tokio::time::Instant::now() + limits.heartbeat_interval,
+            limits.heartbeat_interval,
+        );
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
+        let expiry = tokio::time::sleep_until(self.expires.unwrap_or(far));
+        tokio::pin!(expiry);
+        let mut last_recv = tokio::time::Instant::now();
+        let mut rate = RateLimit::new(limits.rate_per_second, limits.rate_burst);
+        let mut fragments: Option<(OpCode, BytesMut)> = None;
+        let rd = loop {
+            let timeout_at = last_recv + limits.heartbeat_timeout;
+            tokio::select! {
+                (rd, res) = &mut reading => {
+                    last_recv = tokio::time::Instant::now();
+                    let frame = match res {
+                        Ok(f) => f,
+                        Err(e) => {
+                            match e {
+                                WebSocketError::InvalidUTF8 => self.handle.outbox.close_now(CloseCode::InvalidUtf8),
+                                WebSocketError::FrameTooLarge => self.handle.outbox.close_now(CloseCode::TooBig),
+                                WebSocketError::UnexpectedEOF | WebSocketError::IoError(_) => {
+                                    m::disconnects("abnormal").increment(1);
+                                    self.handle.outbox.mark_dead();
+                                }
+                                _ => self.handle.outbox.close_now(CloseCode::ProtocolViolation),
+                            }
+                            break None;
+                        }
+                    };
+                    let (fin, op, payload) = frame;
+                    match op {
+                        OpCode::Close => {
+                            self.handle.outbox.close(CloseCode::Normal);
+                            break None;
+                        }
+                        OpCode::Ping => {
+                            self.handle.outbox.push_unbounded(ws::frame(ws::Opcode::Pong, &payload));
+                        }
+                        OpCode::Pong => {}
+                        OpCode::Text | OpCode::Binary | OpCode::Continuation => {
+                            let complete = match (op, fragments.take()) {
+                                (OpCode::Continuation, None) => {
+                                    self.handle.outbox.close_now(CloseCode::ProtocolViolation);
+                                    break None;
+                                }
+                                (OpCode::Continuation, Some((first, mut buf))) => {
+                                    if buf.len() + payload.len() > limits.max_frame_bytes {
+                                        self.handle.outbox.close_now(CloseCode::TooBig);
+                                        break None;
+                                    }
+                                    buf.extend_from_slice(&payload);
+                                    if fin { Some((first, buf.freeze())) } else { fragments = Some((first, buf)); None }
+                                }
+                                (_, Some(_)) => {
+                                    // A new data frame inside a fragmented message.
+                                    self.handle.outbox.close_now(CloseCode::ProtocolViolation);
+                                    break None;
+                                }
+                                (first, None) => {
+                                    if fin { Some((first, payload)) } else { fragments = Some((first, BytesMut::from(&payload[..]))); None }
+                                }
+                            };
+                            if let Some((first, msg)) = complete {
+                                let ok_kind = matches!((first, self.enc()), (OpCode::Text, Encoding::Json) | (OpCode::Binary, Encoding::Msgpack));
+                                if !ok_kind {
+                                    self.handle.outbox.close_now(CloseCode::ProtocolViolation);
+                                    break None;
+                                }
+                                if first == OpCode::Text && std::str::from_utf8(&msg).is_err() {
+                                    self.handle.outbox.close_now(CloseCode::InvalidUtf8);
+                                    break None;
+                                }
+                                match rate.take(std::time::Instant::now()) {
+                                    Ok(true) => self.on_request(&msg).await,
+                                    Ok(false) => {
+                                        let id = decode_request(self.enc(), &msg, self.decode_limits())
+                                            .map(|r| Some(r.id))
+                                            .unwrap_or_else(|e| e.id);
+                                        self.reply_err(id, ErrorCode::RateLimited, "too many requests");
+                                    }
+                                    Err(()) => {
+                                        self.handle.outbox.close(CloseCode::RateLimited);
+                                        break Some(rd);
+                                    }
+                                }
+                                if self.handle.outbox.is_closing() {
+                                    break Some(rd);
+                                }
+                            }
+                        }
+                    }
+                    reading.set(read_one(rd));
+                }
+                _ = heartbeat.tick() => {
+                    self.handle.outbox.push_unbounded(ws::frame(ws::Opcode::Ping, b""));
+                }
+                _ = tokio::time::sleep_until(timeout_at) => {
+                    self.handle.outbox.close(CloseCode::HeartbeatTimeout);
+                    break None;
+                }
+                _ = &mut expiry => {
+                    match self.expires {
+                        Some(at) if at <= tokio::time::Instant::now() => {
+                            self.handle.outbox.close(CloseCode::TokenExpired);
+                            break None;
+                        }
+                        // Refreshed: wait for the new deadline.
+                        at => expiry.as_mut().reset(at.unwrap_or(far)),
+                    }
+                }
+                _ = done.cancelled() => break None,
+            }
+        };
+        match rd {
+            Some(rd) => linger(rd, done).await,
+            None => {
+                // The read future was consumed or failed; linger on it if
+                // it still holds a live reader is not possible: just wait for
+                // the writer with a bound.
+                let _ = tokio::time::timeout(Duration::from_secs(5), done.cancelled()).await;
+            }
+        }
+    }
+
+    fn decode_limits(&self) -> DecodeLimits {
+        DecodeLimits {
+            max_data_bytes: self.gw.cfg.limits.max_data_bytes,
+        }
+    }
+
+    async fn on_request(&mut self, payload: &[u8]) {
+        let req = match decode_request(self.enc(), payload, self.decode_limits()) {
+            Ok(r) => r,
+            Err(e) => {
+                self.reply_err(e.id, e.code, &e.message);
+                return;
+            }
+        };
+        m::requests(req.op.name()).increment(1);
+        let Request { id, op } = req;
+        let r = match op {
+            Op::Ping => {
+                self.push(&Pong { kind: "pong", id });
+                Ok(())
+            }
+            Op::Subscribe { channel, since, token } => self.subscribe(id, channel, since, token).await,
+            Op::Unsubscribe { channel } => {
+                if self.subs.remove(&channel).is_some() {
+                    self.leave(&channel).await;
+                    self.reply_ok(id, &Empty {});
+                    Ok(())
+                } else {
+                    Err(ReqError::new(ErrorCode::NotSubscribed, format!("not subscribed to {channel}")))
+                }
+            }
+            Op::Publish { channel, data, key } => {
+                if !self.claims.allows(GrantOp::Publish, &channel) {
+                    Err(forbidden("publish", &channel))
+                } else {
+                    let call = PublishCall { channel, data, key, publisher: self.claims.sub.clone() };
+                    match self.gw.ingest_publish(call).await {
+                        Ok(res) => {
+                            self.reply_ok(id, &res);
+                            Ok(())
+                        }
+                        Err(e) => Err(ReqError::new(e.code, e.message)),
+                    }
+                }
+            }
+            Op::Signal { channel, data } => {
+                if !self.claims.allows(GrantOp::Signal, &channel) {
+                    Err(forbidden("signal", &channel))
+                } else {
+                    let mut env = Envelope::signal(channel, Some(self.claims.sub.clone()), &data);
+                    // The sender's connection rides in `id` so it is not echoed.
+                    env.id = Some(self.handle.id.to_string());
+                    match self.gw.bus.publish(&env).await {
+                        Ok(()) => {
+                            self.reply_ok(id, &Empty {});
+                            Ok(())
+                        }
+                        Err(e) => Err(ReqError::new(ErrorCode::Unavailable, format!("bus unavailable: {e}"))),
+                    }
+                }
+            }
+            Op::Presence { channel } => {
+                if !self.claims.allows(GrantOp::Presence, &channel) {
+                    Err(forbidden("read presence of", &channel))
+                } else {
+                    match self.gw.presence.list(&channel).await {
+                        Ok(clients) => {
+                            self.reply_ok(id, &PresenceList { clients });
+                            Ok(())
+                        }
+                        Err(e) => Err(ReqError::new(ErrorCode::Unavailable, format!("presence unavailable: {e}"))),
+                    }
+                }
+            }
+            Op::Refresh { token } => self.refresh(id, &token).await,
+        };
+        if let Err(ReqError(code, msg)) = r {
+            self.reply_err(Some(id), code, &msg);
+        }
+    }
+
+    async fn subscribe(
+        &mut self,
+        id: i64,
+        ch: ChannelName,
+        since: Option<u64>,
+        token: Option<String>,
+    ) -> Result<(), ReqError> {
+        let via_sub_token = if self.claims.allows(GrantOp::Subscribe, &ch) {
+            false
+        } else {
+            match token {
+                Some(t) => match self.gw.verifier.verify_subscription(&t, &self.claims.sub, &ch) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::debug!(error = %e, channel = %ch, "subscription token rejected");
+                        return Err(forbidden("subscribe to", &ch));
+                    }
+                },
+                None => return Err(forbidden("subscribe to", &ch)),
+            }
+        };
+        if self.subs.contains_key(&ch) {
+            // Already held: channel and seq only, nothing changes or replays.
+            let seq = self
+                .gw
+                .ingest_positions(std::slice::from_ref(&ch))
+                .await
+                .map_err(|e| ReqError::new(e.code, e.message))?
+                .first()
+                .copied()
+                .unwrap_or(0);
+            self.reply_ok(id, &SubResult { channel: ch, seq, recovered: None, replayed: None });
+            return Ok(());
+        }
+        if self.subs.len() >= self.gw.cfg.limits.max_subscriptions_per_connection {
+            return Err(ReqError::new(
+                ErrorCode::LimitReached,
+                format!("at most {} subscriptions per connection", self.gw.cfg.limits.max_subscriptions_per_connection),
+            ));
+        }
+        let (res, plan) = self.prepare(&ch, since, via_sub_token).await?;
+        self.reply_ok(id, &res);
+        self.finish(plan).await;
+        self.join(&ch).await;
+        Ok(())
+    }
+
+    async fn join(&self, ch: &ChannelName) {
+        let client = self.client_info();
+        if let Err(e) = self.gw.presence.join(ch, &client).await {
+            tracing::warn!(channel = %ch, error = %e, "presence join failed");
+        }
+        self.presence_event(ch, "join", client).await;
+    }
+
+    async fn leave(&self, ch: &ChannelName) {
+        self.gw.hub.remove(ch, self.handle.num);
+        if let Err(e) = self.gw.presence.leave(ch, &self.handle.id).await {
+            tracing::warn!(channel = %ch, error = %e, "presence leave failed");
+        }
+        self.presence_event(ch, "leave", self.client_info()).await;
+    }
+
+    async fn presence_event(&self, ch: &ChannelName, event: &str, client: ClientInfo) {
+        let payload = PresencePayload { event: event.into(), client };
+        let data = serde_json::to_vec(&payload).expect("presence payload serializes");
+        let env = Envelope {
+            v: ENVELOPE_VERSION,
+            k: Kind::Presence,
+            ch: ch.clone(),
+            seq: None,
+            id: None,
+            ts: None,
+            from: None,
+            data: Bytes::from(data),
+        };
+        if let Err(e) = self.gw.bus.publish(&env).await {
+            tracing::warn!(channel = %ch, error = %e, "presence event publish failed");
+        }
+    }
+
+    async fn refresh(&mut self, id: i64, token: &str) -> Result<(), ReqError> {
+        let claims = match self.gw.verifier.verify(token) {
+            Ok(c) if c.sub == self.claims.sub => c,
+            Ok(_) => return Err(ReqError::new(ErrorCode::Forbidden, "refresh token names another sub")),
+            Err(e) => return Err(ReqError::new(ErrorCode::Forbidden, format!("refresh token rejected: {e}"))),
+        };
+        self.expires = expiry_deadline(&claims, self.gw.verifier.leeway());
+        self.claims = claims;
+        let ended: Vec<ChannelName> = self
+            .subs
+            .iter()
+            .filter(|(ch, info)| !info.via_sub_token && !self.claims.allows(GrantOp::Subscribe, ch))
+            .map(|(ch, _)| ch.clone())
+            .collect();
+        self.reply_ok(id, &Empty {});
+        for ch in ended {
+            self.subs.remove(&ch);
+            self.leave(&ch).await;
+            self.push(&Unsubscribed { kind: "unsubscribed", channel: &ch, reason: ErrorCode::Forbidden });
+        }
+        Ok(())
+    }
+
+    async fn cleanup(&mut self) {
+        let subs: Vec<ChannelName> = self.subs.drain().map(|(c, _)| c).collect();
+        for ch in subs {
+            self.leave(&ch).await;
+        }
+    }
+}
+
+fn forbidden(what: &str, ch: &ChannelName) -> ReqError {
+    ReqError::new(ErrorCode::Forbidden, format!("not allowed to {what} {ch}"))
+}
+

@@ -1,0 +1,696 @@
+//! The local subscription table: channel -> local subscribers, sharded.
+//!
+//! Invariants:
+//! - ONE bus subscription per channel per node: the first local subscriber
+//!   subscribes the bus, the last one leaves it; (un)subscribes go through a
+//!   single ordered task (`BusSync`) that re-checks the table, so churn
+//!   never leaves a wanted channel unsubscribed.
+//! - Per channel, messages are handed out in seq order, each once
+//!   (DESIGN.md guarantee 2): a later seq waits while an earlier one is
+//!   missing, and the gap is filled from history after `gap_timeout`.
+//! - Each message is encoded once per encoding; every subscriber's queue gets
+//!   the same `Bytes` (DESIGN.md performance model).
+//! - No await while a shard lock is held; locks are std mutexes.
+
+use crate::ingest::Ingest;
+use crate::metrics as m;
+use crate::outbox::Outbox;
+use crate::ws;
+use bytes::Bytes;
+use herald_bus::{BusHandler, BusSubscriber};
+use herald_protocol::bus::{Envelope, Kind};
+use herald_protocol::server::{self, ClientInfo, MessageKind};
+use herald_protocol::{ChannelName, Encoding, JsonData};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+const SHARDS: usize = 64;
+
+/// What the hub knows of a connection: enough to hand it frames.
+pub struct ConnHandle {
+    /// Process-unique number (table key).
+    pub num: u64,
+    /// The connection id shown to clients (`c_...`).
+    pub id: Arc<str>,
+    /// The connection's encoding.
+    pub enc: Encoding,
+    /// Its outbound queue.
+    pub outbox: Outbox,
+}
+
+/// A message on its way to subscribers, encoded lazily once per encoding.
+struct Msg {
+    seq: u64,
+    ts: i64,
+    frame: server::Message,
+    encoded: [OnceLock<Bytes>; 2],
+}
+
+impl Msg {
+    fn from_envelope(env: Envelope) -> Option<Self> {
+        let seq = env.seq?;
+        let ts = env.ts?;
+        let data = JsonData::from_json_text(env.data).ok()?;
+        Some(Self {
+            seq,
+            ts,
+            frame: server::Message {
+                kind: Some(MessageKind::Message),
+                channel: env.ch,
+                seq,
+                id: env.id?,
+                ts,
+                from: env.from,
+                data,
+            },
+            encoded: [OnceLock::new(), OnceLock::new()],
+        })
+    }
+
+    fn from_history(mut frame: server::Message) -> Self {
+        frame.kind = Some(MessageKind::Message);
+        Self {
+            seq: frame.seq,
+            ts: frame.ts,
+            frame,
+            encoded: [OnceLock::new(), OnceLock::new()],
+        }
+    }
+
+    fn bytes(&self, enc: Encoding) -> &Bytes {
+        self.encoded[enc.index()].get_or_init(|| ws::encode_frame(enc, &self.frame))
+    }
+}
+
+/// An ephemeral frame (signal or presence event), encoded lazily.
+struct Ephemeral {
+    frame: EphemeralFrame,
+    /// Connection that must not receive it (the sender, or the client the
+    /// presence event is about).
+    skip_conn: Option<String>,
+    /// Only subscribers with a presence grant receive it.
+    presence_only: bool,
+    encoded: [OnceLock<Bytes>; 2],
+}
+
+enum EphemeralFrame {
+    Signal {
+        channel: ChannelName,
+        from: Option<String>,
+        data: JsonData,
+    },
+    Presence {
+        channel: ChannelName,
+        event: String,
+        client: ClientInfo,
+    },
+}
+
+impl Ephemeral {
+    fn bytes(&self, enc: Encoding) -> &Bytes {
+        self.encoded[enc.index()].get_or_init(|| match &self.frame {
+            EphemeralFrame::Signal { channel, from, data } => ws::encode_frame(
+                enc,
+                &server::Signal {
+                    kind: "signal",
+                    channel,
+                    from: from.as_deref(),
+                    data,
+                },
+            ),
+            EphemeralFrame::Presence {
+                channel,
+                event,
+                client,
+            } => ws::encode_frame(
+                enc,
+                &server::PresenceEvent {
+                    kind: "presence",
+                    channel,
+                    event,
+                    client,
+                },
+            ),
+        })
+    }
+}
+
+/// Presence event payload inside a bus envelope (`k: "p"`).
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct PresencePayload {
+    /// `join` or `leave`.
+    pub event: String,
+    /// Who.
+    pub client: ClientInfo,
+}
+
+enum SubState {
+    /// Delivering live messages with seq > `after`.
+    Live { after: u64 },
+    /// Subscribe in progress: live frames wait here until the reply and
+    /// replay are out (PROTOCOL.md section 5 ordering).
+    Buffering {
+        buf: Vec<(Option<u64>, Bytes)>,
+        bytes: usize,
+    },
+}
+
+struct Sub {
+    conn: Arc<ConnHandle>,
+    presence: bool,
+    state: SubState,
+}
+
+struct Channel {
+    subs: Vec<Sub>,
+    /// Last seq handed to subscribers; `None` until the first subscriber
+    /// learned the channel's position.
+    last: Option<u64>,
+    /// Out-of-order messages waiting for an earlier seq.
+    pending: BTreeMap<u64, Arc<Msg>>,
+    fill_scheduled: bool,
+    /// Resolved once the bus delivers this channel.
+    bus_ready: Arc<tokio::sync::OnceCell<()>>,
+}
+
+impl Channel {
+    fn new() -> Self {
+        Self {
+            subs: Vec::new(),
+            last: None,
+            pending: BTreeMap::new(),
+            fill_scheduled: false,
+            bus_ready: Arc::new(tokio::sync::OnceCell::new()),
+        }
+    }
+}
+
+/// Why a subscriber could not be added.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AddError {
+    /// The channel's per-node cap is reached.
+    Cap,
+}
+
+/// Outcome of trying to go live after the reply and replay.
+pub enum GoLive {
+    /// Live now.
+    Done,
+    /// Messages `from..=to` went past this node before the subscriber could
+    /// see them: send them from history, then try again from `to`.
+    Missing {
+        /// First missing seq.
+        from: u64,
+        /// Last missing seq.
+        to: u64,
+    },
+    /// The subscriber is gone (connection closing).
+    Gone,
+}
+
+enum BusCmd {
+    Subscribe(ChannelName, oneshot::Sender<Result<(), herald_bus::BusError>>),
+    Unsubscribe(ChannelName),
+}
+
+/// The sharded subscription table.
+pub struct Hub {
+    shards: Box<[Mutex<HashMap<ChannelName, Channel>>]>,
+    hasher: RandomState,
+    ingest: Arc<dyn Ingest>,
+    bus_cmds: mpsc::UnboundedSender<BusCmd>,
+    gap_timeout: Duration,
+    max_buffer_bytes: usize,
+    me: Weak<Hub>,
+}
+
+impl Hub {
+    /// Builds the hub and starts its bus-sync task. `attach` connects the
+    /// hub, as a [`BusHandler`], to the bus.
+    pub fn new(
+        ingest: Arc<dyn Ingest>,
+        attach: impl FnOnce(Arc<dyn BusHandler>) -> Arc<dyn BusSubscriber>,
+        gap_timeout: Duration,
+        max_buffer_bytes: usize,
+    ) -> Arc<Self> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let hub = Arc::new_cyclic(|me| Hub {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+            ingest,
+            bus_cmds: tx,
+            gap_timeout,
+            max_buffer_bytes,
+            me: me.clone(),
+        });
+        let handler: Arc<dyn BusHandler> = Arc::new(HubHandler(Arc::downgrade(&hub)));
+        let bus_sub = attach(handler);
+        tokio::spawn(bus_sync(Arc::downgrade(&hub), bus_sub, rx));
+        hub
+    }
+
+    fn shard(&self, ch: &str) -> std::sync::MutexGuard<'_, HashMap<ChannelName, Channel>> {
+        let i = (self.hasher.hash_one(ch) as usize) % SHARDS;
+        self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the channel has local subscribers.
+    pub fn has_channel(&self, ch: &ChannelName) -> bool {
+        self.shard(ch.as_str()).contains_key(ch)
+    }
+
+    /// Adds a subscriber in the buffering state. The caller then awaits
+    /// [`Hub::bus_ready`], reads the channel's position (and replays), and
+    /// calls [`Hub::go_live`].
+    pub fn add(
+        &self,
+        ch: &ChannelName,
+        conn: &Arc<ConnHandle>,
+        presence: bool,
+        cap: Option<usize>,
+    ) -> Result<(), AddError> {
+        let mut shard = self.shard(ch.as_str());
+        let new_channel = !shard.contains_key(ch);
+        let chan = shard.entry(ch.clone()).or_insert_with(Channel::new);
+        if cap.is_some_and(|c| chan.subs.len() >= c) {
+            if new_channel {
+                shard.remove(ch);
+            }
+            return Err(AddError::Cap);
+        }
+        chan.subs.push(Sub {
+            conn: conn.clone(),
+            presence,
+            state: SubState::Buffering {
+                buf: Vec::new(),
+                bytes: 0,
+            },
+        });
+        drop(shard);
+        m::subscriptions().increment(1.0);
+        if new_channel {
+            m::channels().increment(1.0);
+        }
+        Ok(())
+    }
+
+    /// Waits until the bus delivers `ch` (the first subscriber on this node
+    /// subscribes it; the others wait for the same subscription).
+    pub async fn bus_ready(&self, ch: &ChannelName) -> Result<(), herald_bus::BusError> {
+        let cell = match self.shard(ch.as_str()).get(ch) {
+            Some(c) => c.bus_ready.clone(),
+            None => return Err(herald_bus::BusError::Closed),
+        };
+        cell.get_or_try_init(|| async {
+            let (tx, rx) = oneshot::channel();
+            self.bus_cmds
+                .send(BusCmd::Subscribe(ch.clone(), tx))
+                .map_err(|_| herald_bus::BusError::Closed)?;
+            rx.await.map_err(|_| herald_bus::BusError::Closed)?
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Moves a buffering subscriber to live delivery of seq > `after` (the
+    /// seq its reply announced, or the last one it was sent from history).
+    pub fn go_live(&self, ch: &ChannelName, conn: u64, after: u64) -> GoLive {
+        let mut shard = self.shard(ch.as_str());
+        let Some(chan) = shard.get_mut(ch) else {
+            return GoLive::Gone;
+        };
+        if chan.last.is_none() {
+            // First position known on this node: everything up to `after`
+            // is this subscriber's history; later seqs flow from here.
+            chan.last = Some(after);
+            let stale: Vec<u64> = chan.pending.range(..=after).map(|(s, _)| *s).collect();
+            for s in stale {
+                chan.pending.remove(&s);
+            }
+            self.drain_pending(ch, chan);
+        }
+        let last = chan.last.unwrap_or(after);
+        let Some(sub) = chan.subs.iter_mut().find(|s| s.conn.num == conn) else {
+            return GoLive::Gone;
+        };
+        let SubState::Buffering { buf, .. } = &mut sub.state else {
+            return GoLive::Done;
+        };
+        // Messages after `after` that this node handed out before the
+        // subscriber was buffering must come from history first.
+        let first_buffered = buf
+            .iter()
+            .filter_map(|(s, _)| *s)
+            .find(|s| *s > after)
+            .unwrap_or(last + 1);
+        if after < last && first_buffered > after + 1 {
+            return GoLive::Missing {
+                from: after + 1,
+                to: first_buffered - 1,
+            };
+        }
+        let buf = std::mem::take(buf);
+        sub.state = SubState::Live { after };
+        for (seq, bytes) in buf {
+            if seq.is_none_or(|s| s > after) && !sub.conn.outbox.push(bytes) {
+                break;
+            }
+        }
+        GoLive::Done
+    }
+
+    /// Removes a subscriber. Returns true when it was there.
+    pub fn remove(&self, ch: &ChannelName, conn: u64) -> bool {
+        let mut shard = self.shard(ch.as_str());
+        let Some(chan) = shard.get_mut(ch) else {
+            return false;
+        };
+        let before = chan.subs.len();
+        chan.subs.retain(|s| s.conn.num != conn);
+        let removed = chan.subs.len() != before;
+        let empty = chan.subs.is_empty();
+        if empty {
+            shard.remove(ch);
+        }
+        drop(shard);
+        if removed {
+            m::subscriptions().decrement(1.0);
+        }
+        if empty {
+            m::channels().decrement(1.0);
+            // Checked again by the bus-sync task, which skips it if the
+            // channel came back meanwhile.
+            let _ = self.bus_cmds.send(BusCmd::Unsubscribe(ch.clone()));
+        }
+        removed
+    }
+
+    /// Channels with subscribers and a known position, for catch-up.
+    pub fn positions_known(&self) -> Vec<(ChannelName, u64)> {
+        let mut out = Vec::new();
+        for s in self.shards.iter() {
+            let s = s.lock().unwrap_or_else(|e| e.into_inner());
+            out.extend(s.iter().filter_map(|(k, c)| c.last.map(|l| (k.clone(), l))));
+        }
+        out
+    }
+
+    /// Hands a persisted message to subscribers in seq order.
+    fn on_message(&self, msg: Arc<Msg>) {
+        let ch = msg.frame.channel.clone();
+        let mut shard = self.shard(ch.as_str());
+        let Some(chan) = shard.get_mut(&ch) else {
+            return;
+        };
+        let Some(last) = chan.last else {
+            // Position not known yet: hold it for go_live.
+            chan.pending.insert(msg.seq, msg);
+            return;
+        };
+        if msg.seq <= last {
+            m::duplicates_dropped().increment(1);
+            return;
+        }
+        chan.pending.insert(msg.seq, msg);
+        self.drain_pending(&ch, chan);
+    }
+
+    /// Delivers every contiguous pending message; schedules a gap fill if
+    /// some remain behind a missing seq.
+    fn drain_pending(&self, ch: &ChannelName, chan: &mut Channel) {
+        let Some(mut last) = chan.last else { return };
+        while let Some(entry) = chan.pending.first_entry() {
+            if *entry.key() <= last {
+                entry.remove();
+                continue;
+            }
+            if *entry.key() != last + 1 {
+                break;
+            }
+            let msg = entry.remove();
+            last = msg.seq;
+            deliver_message(chan, &msg, self.max_buffer_bytes);
+        }
+        chan.last = Some(last);
+        if !chan.pending.is_empty() && !chan.fill_scheduled {
+            chan.fill_scheduled = true;
+            m::gaps_detected().increment(1);
+            if let Some(hub) = self.me.upgrade() {
+                let ch = ch.clone();
+                let delay = self.gap_timeout;
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    hub.fill(&ch, None).await;
+                });
+            }
+        }
+    }
+
+    /// Fetches missing messages of `ch` from history and hands them out:
+    /// up to `target` when given, else up to the highest pending seq.
+    /// Retries with backoff while the channel is still subscribed.
+    pub async fn fill(&self, ch: &ChannelName, target: Option<u64>) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let after = {
+                let mut shard = self.shard(ch.as_str());
+                let Some(chan) = shard.get_mut(ch) else { return };
+                let Some(last) = chan.last else {
+                    chan.fill_scheduled = false;
+                    return;
+                };
+                let want = target
+                    .unwrap_or(0)
+                    .max(chan.pending.keys().next_back().copied().unwrap_or(0));
+                if want <= last {
+                    chan.fill_scheduled = false;
+                    return;
+                }
+                last
+            };
+            match self.ingest.history(ch, after, 1000).await {
+                Ok(page) => {
+                    m::gap_fills().increment(1);
+                    let got_any = !page.messages.is_empty();
+                    for item in page.messages {
+                        if item.channel != *ch {
+                            continue;
+                        }
+                        self.on_message(Arc::new(Msg::from_history(item)));
+                    }
+                    let mut shard = self.shard(ch.as_str());
+                    let Some(chan) = shard.get_mut(ch) else { return };
+                    if !got_any {
+                        // History has nothing after `last`: what lies beyond
+                        // was evicted or never committed, and nothing can
+                        // fill it. Skip to the first pending message so
+                        // delivery goes on; with none pending, stop.
+                        match chan.pending.first_key_value() {
+                            Some((&first, _)) => {
+                                tracing::warn!(channel = %ch, from = after + 1, to = first - 1, "gap not in history; skipping");
+                                m::gaps_skipped().increment(1);
+                                chan.last = Some(first - 1);
+                                self.drain_pending(ch, chan);
+                            }
+                            None => {
+                                chan.fill_scheduled = false;
+                                return;
+                            }
+                        }
+                    }
+                    backoff = Duration::from_millis(100);
+                }
+                Err(e) => {
+                    tracing::warn!(channel = %ch, error = %e, "gap fill from history failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Checks every subscribed channel's latest seq against ingest and fills
+    /// what the bus lost (after a reconnect, and every catch-up interval).
+    pub async fn catch_up(&self) {
+        let known = self.positions_known();
+        for batch in known.chunks(herald_protocol::api::MAX_POSITIONS) {
+            let names: Vec<ChannelName> = batch.iter().map(|(c, _)| c.clone()).collect();
+            match self.ingest.positions(&names).await {
+                Ok(pos) => {
+                    for ((ch, last), p) in batch.iter().zip(pos) {
+                        if p > *last {
+                            m::catchups().increment(1);
+                            self.fill(ch, Some(p)).await;
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "catch-up positions failed"),
+            }
+        }
+    }
+
+    fn on_ephemeral(&self, ch: &ChannelName, e: Ephemeral) {
+        let shard = self.shard(ch.as_str());
+        let Some(chan) = shard.get(ch) else { return };
+        // Ephemeral frames go to live subscribers only. Buffering ones are
+        // mid-subscribe; they did not hold the channel when it was sent.
+        for sub in &chan.subs {
+            if e.presence_only && !sub.presence {
+                continue;
+            }
+            if e.skip_conn.as_deref() == Some(&*sub.conn.id) {
+                continue;
+            }
+            if let SubState::Live { .. } = sub.state {
+                sub.conn.outbox.push(e.bytes(sub.conn.enc).clone());
+            }
+        }
+    }
+
+    /// Number of channels with local subscribers.
+    pub fn channel_count(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .sum()
+    }
+}
+
+fn deliver_message(chan: &mut Channel, msg: &Msg, max_buffer: usize) {
+    let lag = (herald_protocol::now_ms() - msg.ts).max(0);
+    m::delivery_lag().record(lag as f64 / 1000.0);
+    for sub in &mut chan.subs {
+        match &mut sub.state {
+            SubState::Live { after } => {
+                if msg.seq > *after {
+                    sub.conn.outbox.push(msg.bytes(sub.conn.enc).clone());
+                }
+            }
+            SubState::Buffering { buf, bytes } => {
+                let b = msg.bytes(sub.conn.enc).clone();
+                *bytes += b.len();
+                if *bytes > max_buffer {
+                    sub.conn.outbox.close_now(herald_protocol::CloseCode::SlowConsumer);
+                } else {
+                    buf.push((Some(msg.seq), b));
+                }
+            }
+        }
+    }
+}
+
+struct HubHandler(Weak<Hub>);
+
+impl BusHandler for HubHandler {
+    fn on_envelope(&self, env: Envelope) {
+        let Some(hub) = self.0.upgrade() else { return };
+        match env.k {
+            Kind::Message => match Msg::from_envelope(env) {
+                Some(msg) => hub.on_message(Arc::new(msg)),
+                None => m::bad_envelopes().increment(1),
+            },
+            Kind::Signal => {
+                let Ok(data) = JsonData::from_json_text(env.data) else {
+                    m::bad_envelopes().increment(1);
+                    return;
+                };
+                let ch = env.ch.clone();
+                hub.on_ephemeral(
+                    &ch,
+                    Ephemeral {
+                        frame: EphemeralFrame::Signal {
+                            channel: env.ch,
+                            from: env.from,
+                            data,
+                        },
+                        // A signal's envelope carries the sender connection
+                        // in `id`, so it is not echoed (docs/protocol-notes.md).
+                        skip_conn: env.id,
+                        presence_only: false,
+                        encoded: [OnceLock::new(), OnceLock::new()],
+                    },
+                );
+            }
+            Kind::Presence => {
+                let Ok(p) = serde_json::from_slice::<PresencePayload>(&env.data) else {
+                    m::bad_envelopes().increment(1);
+                    return;
+                };
+                let ch = env.ch.clone();
+                let skip = Some(p.client.conn.clone());
+                hub.on_ephemeral(
+                    &ch,
+                    Ephemeral {
+                        frame: EphemeralFrame::Presence {
+                            channel: env.ch,
+                            event: p.event,
+                            client: p.client,
+                        },
+                        skip_conn: skip,
+                        presence_only: true,
+                        encoded: [OnceLock::new(), OnceLock::new()],
+                    },
+                );
+            }
+        }
+    }
+
+    fn on_reconnect(&self) {
+        if let Some(hub) = self.0.upgrade() {
+            tokio::spawn(async move { hub.catch_up().await });
+        }
+    }
+}
+
+/// Applies (un)subscribe commands to the bus in order, batching what is
+/// queued; an unsubscribe is skipped when the channel came back meanwhile.
+async fn bus_sync(
+    hub: Weak<Hub>,
+    bus: Arc<dyn BusSubscriber>,
+    mut rx: mpsc::UnboundedReceiver<BusCmd>,
+) {
+    let mut batch = Vec::new();
+    while rx.recv_many(&mut batch, 256).await > 0 {
+        let Some(h) = hub.upgrade() else { return };
+        let mut subs: Vec<ChannelName> = Vec::new();
+        let mut acks = Vec::new();
+        let mut unsubs: HashMap<ChannelName, ()> = HashMap::new();
+        for cmd in batch.drain(..) {
+            match cmd {
+                BusCmd::Subscribe(ch, ack) => {
+                    unsubs.remove(&ch);
+                    subs.push(ch);
+                    acks.push(ack);
+                }
+                BusCmd::Unsubscribe(ch) => {
+                    if let Entry::Vacant(v) = unsubs.entry(ch) {
+                        v.insert(());
+                    }
+                }
+            }
+        }
+        let unsubs: Vec<ChannelName> = unsubs
+            .into_keys()
+            .filter(|c| !h.has_channel(c) && !subs.contains(c))
+            .collect();
+        drop(h);
+        if !unsubs.is_empty() {
+            if let Err(e) = bus.unsubscribe(&unsubs).await {
+                tracing::warn!(error = %e, "bus unsubscribe failed");
+            }
+        }
+        if !subs.is_empty() {
+            let r = bus.subscribe(&subs).await;
+            for ack in acks {
+                let _ = ack.send(match &r {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(herald_bus::BusError::Unavailable(e.to_string())),
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,374 @@
+//! The gateway: terminates WebSockets, checks tokens and grants, keeps the
+//! local subscription table and fans bus messages out to local clients.
+//!
+//! # Layout
+//! - [`config`]: limits (PROTOCOL.md section 7), routes, repair timing.
+//! - [`ingest`]: the [`Ingest`] trait through which publishes and history go.
+//! - [`hub`]: sharded channel -> subscribers table, ordering by seq, gap fill.
+//! - [`conn`]: one task per connection (reader + writer).
+//! - [`outbox`]: the byte-bounded outbound queue.
+//! - [`ws`]: server-side WebSocket framing.
+//! - [`metrics`]: metric names.
+//!
+//! The gateway never touches the store: everything durable goes through
+//! [`Ingest`]; the bus and presence come in as traits.
+
+pub mod config;
+pub mod conn;
+pub mod hub;
+pub mod ingest;
+pub mod metrics;
+pub mod outbox;
+pub mod ws;
+
+pub use config::{GatewayConfig, Limits, Route};
+pub use ingest::{Ingest, IngestError, PublishCall};
+
+use bytes::Bytes;
+use herald_auth::Verifier;
+use herald_bus::{Bus, Presence};
+use herald_protocol::api::HistoryPage;
+use herald_protocol::server::PublishResult;
+use herald_protocol::{ChannelName, CloseCode, Encoding};
+use http_body_util::Full;
+use hub::{ConnHandle, Hub};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::task::TaskTracker;
+
+/// Shared gateway state (one per node).
+pub struct Inner {
+    cfg: GatewayConfig,
+    verifier: Verifier,
+    ingest: Arc<dyn Ingest>,
+    bus: Arc<dyn Bus>,
+    presence: Arc<dyn Presence>,
+    hub: Arc<Hub>,
+    registry: Mutex<Registry>,
+    next_num: AtomicU64,
+    draining: AtomicBool,
+    tracker: TaskTracker,
+}
+
+#[derive(Default)]
+struct Registry {
+    conns: HashMap<u64, Arc<ConnHandle>>,
+    per_user: HashMap<String, usize>,
+}
+
+/// A gateway node. Cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+impl Inner {
+    fn next_conn_num(&self) -> u64 {
+        self.next_num.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Counts a connection against the node and per-user limits.
+    fn register(&self, h: &Arc<ConnHandle>, sub: &str) -> Result<(), CloseCode> {
+        let mut r = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        if r.conns.len() >= self.cfg.limits.max_connections {
+            return Err(CloseCode::ConnectionLimit);
+        }
+        let n = r.per_user.get(sub).copied().unwrap_or(0);
+        if n >= self.cfg.limits.max_connections_per_user {
+            return Err(CloseCode::ConnectionLimit);
+        }
+        r.per_user.insert(sub.to_owned(), n + 1);
+        r.conns.insert(h.num, h.clone());
+        Ok(())
+    }
+
+    fn unregister(&self, h: &Arc<ConnHandle>, sub: &str) {
+        let mut r = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        r.conns.remove(&h.num);
+        if let Some(n) = r.per_user.get_mut(sub) {
+            *n -= 1;
+            if *n == 0 {
+                r.per_user.remove(sub);
+            }
+        }
+    }
+
+    async fn timed<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, IngestError>>,
+    ) -> Result<T, IngestError> {
+        match tokio::time::timeout(self.cfg.ingest_timeout, f).await {
+            Ok(r) => r,
+            Err(_) => Err(IngestError::unavailable("ingest timed out")),
+        }
+    }
+
+    async fn ingest_publish(&self, call: PublishCall) -> Result<PublishResult, IngestError> {
+        self.timed(self.ingest.publish(call)).await
+    }
+
+    async fn ingest_history(&self, ch: &ChannelName, after: u64, limit: u32) -> Result<HistoryPage, IngestError> {
+        self.timed(self.ingest.history(ch, after, limit)).await
+    }
+
+    async fn ingest_positions(&self, chs: &[ChannelName]) -> Result<Vec<u64>, IngestError> {
+        self.timed(self.ingest.positions(chs)).await
+    }
+}
+
+type Body = Full<Bytes>;
+
+fn plain(status: StatusCode, text: &str) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(text.to_owned())));
+    *r.status_mut() = status;
+    r
+}
+
+impl Gateway {
+    /// Builds a gateway and starts its catch-up loop.
+    pub fn new(
+        cfg: GatewayConfig,
+        verifier: Verifier,
+        ingest: Arc<dyn Ingest>,
+        bus: Arc<dyn Bus>,
+        presence: Arc<dyn Presence>,
+    ) -> Self {
+        metrics::describe();
+        // Gauges exist from the start, so a scrape shows 0 rather than nothing.
+        metrics::connections().set(0.0);
+        metrics::subscriptions().set(0.0);
+        metrics::channels().set(0.0);
+        let attach_bus = bus.clone();
+        let hub = Hub::new(
+            ingest.clone(),
+            move |h| attach_bus.attach(h),
+            cfg.gap_timeout,
+            cfg.limits.max_queue_bytes,
+        );
+        let inner = Arc::new(Inner {
+            cfg,
+            verifier,
+            ingest,
+            bus,
+            presence,
+            hub,
+            registry: Mutex::new(Registry::default()),
+            next_num: AtomicU64::new(1),
+            draining: AtomicBool::new(false),
+            tracker: TaskTracker::new(),
+        });
+        let weak = Arc::downgrade(&inner.hub);
+        let every = inner.cfg.catchup_interval;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(hub) = weak.upgrade() else { return };
+                hub.catch_up().await;
+            }
+        });
+        Self { inner }
+    }
+
+    /// Whether `path` is a WebSocket endpoint: `/ws` or a configured route.
+    pub fn is_ws_path(&self, path: &str) -> bool {
+        path == "/ws" || self.inner.cfg.routes.iter().any(|r| r.channels_for(path).is_some())
+    }
+
+    /// Open connections on this node.
+    pub fn connection_count(&self) -> usize {
+        self.inner.registry.lock().unwrap_or_else(|e| e.into_inner()).conns.len()
+    }
+
+    /// Whether the node is draining (then `/readyz` is 503).
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::SeqCst)
+    }
+
+    /// Answers a WebSocket upgrade on `/ws` or a route and spawns the
+    /// connection task.
+    pub fn upgrade(&self, mut req: Request<Incoming>, peer: String) -> Response<Body> {
+        if self.is_draining() {
+            return plain(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
+        }
+        if !fastwebsockets::upgrade::is_upgrade_request(&req) {
+            return plain(StatusCode::UPGRADE_REQUIRED, "WebSocket upgrade required\n");
+        }
+        // Subprotocol: echoed only when offered; an offer naming neither of
+        // ours is refused before the upgrade (PROTOCOL.md section 2).
+        let offered: Vec<String> = req
+            .headers()
+            .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(',').map(|s| s.trim().to_owned()))
+            .filter(|s| !s.is_empty())
+            .collect();
+        let (enc, echo) = if offered.is_empty() {
+            (Encoding::Json, false)
+        } else {
+            match offered.iter().find_map(|s| Encoding::from_subprotocol(s)) {
+                Some(e) => (e, true),
+                None => {
+                    return plain(
+                        StatusCode::BAD_REQUEST,
+                        "unsupported subprotocol: offer herald.json or herald.msgpack\n",
+                    );
+                }
+            }
+        };
+        let path = req.uri().path().to_owned();
+        let route_channels = if path == "/ws" {
+            Vec::new()
+        } else {
+            match self.inner.cfg.routes.iter().find_map(|r| r.channels_for(&path)) {
+                Some(Ok(chs)) => chs,
+                Some(Err(_)) => return plain(StatusCode::BAD_REQUEST, "route parameter makes an invalid channel name\n"),
+                None => return plain(StatusCode::NOT_FOUND, "not found\n"),
+            }
+        };
+        let query = parse_query(req.uri().query().unwrap_or(""));
+        let token = query.get("token").cloned().or_else(|| {
+            req.headers()
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+                .map(|t| t.trim().to_owned())
+        });
+        let mut recover = HashMap::new();
+        if let Some(r) = query.get("recover") {
+            for part in r.split(',').filter(|p| !p.is_empty()) {
+                let parsed = part
+                    .rsplit_once(':')
+                    .and_then(|(c, s)| Some((ChannelName::new(c).ok()?, s.parse::<u64>().ok()?)));
+                match parsed {
+                    Some((c, s)) => {
+                        recover.insert(c, s);
+                    }
+                    None => return plain(StatusCode::BAD_REQUEST, "malformed recover parameter: expected channel:seq,...\n"),
+                }
+            }
+        }
+        let (mut resp, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
+            Ok(x) => x,
+            Err(e) => return plain(StatusCode::BAD_REQUEST, &format!("bad upgrade request: {e}\n")),
+        };
+        if echo {
+            resp.headers_mut().insert(
+                http::header::SEC_WEBSOCKET_PROTOCOL,
+                http::HeaderValue::from_static(enc.subprotocol()),
+            );
+        }
+        let inner = self.inner.clone();
+        let hs = conn::Handshake { enc, token, recover, route_channels, peer };
+        self.inner.tracker.spawn(async move {
+            let ws = match fut.await {
+                Ok(ws) => ws,
+                Err(e) => {
+                    tracing::debug!(error = %e, "upgrade failed");
+                    return;
+                }
+            };
+            let (rd, wr) = split_upgraded(ws.into_inner());
+            conn::run(inner, rd, wr, hs).await;
+        });
+        resp.map(|_| Full::new(Bytes::new()))
+    }
+
+    /// Graceful drain (DESIGN.md guarantee 6): stop being ready, close every
+    /// client with 1012 at an even pace over the drain window, then wait for
+    /// the connection tasks (at most the window + 5 s).
+    pub async fn drain(&self) {
+        self.inner.draining.store(true, Ordering::SeqCst);
+        let conns: Vec<Arc<ConnHandle>> = {
+            let r = self.inner.registry.lock().unwrap_or_else(|e| e.into_inner());
+            r.conns.values().cloned().collect()
+        };
+        let window = self.inner.cfg.limits.drain_window;
+        tracing::info!(connections = conns.len(), window_s = window.as_secs_f64(), "draining");
+        if !conns.is_empty() {
+            let step = window / u32::try_from(conns.len()).unwrap_or(u32::MAX).max(1);
+            for c in conns {
+                c.outbox.close(CloseCode::ServiceRestart);
+                if !step.is_zero() {
+                    tokio::time::sleep(step).await;
+                }
+            }
+        }
+        self.inner.tracker.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.inner.tracker.wait()).await;
+    }
+}
+
+/// The upgraded socket, split: the raw TCP halves when possible (lock-free),
+/// with bytes hyper already read replayed first.
+fn split_upgraded(io: TokioIo<hyper::upgrade::Upgraded>) -> (conn::Reader, conn::Writer) {
+    let upgraded = io.into_inner();
+    match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
+        Ok(parts) => {
+            let (r, w) = parts.io.into_inner().into_split();
+            let pre = std::io::Cursor::new(parts.read_buf);
+            (Box::new(tokio::io::AsyncReadExt::chain(pre, r)), Box::new(w))
+        }
+        Err(upgraded) => {
+            let (r, w) = tokio::io::split(TokioIo::new(upgraded));
+            (Box::new(r), Box::new(w))
+        }
+    }
+}
+
+/// Parses a query string with percent-decoding.
+pub fn parse_query(q: &str) -> HashMap<String, String> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_decoding() {
+        let q = parse_query("token=a.b.c&recover=chat_1%3A5%2Cchat_2%3A0&x");
+        assert_eq!(q["token"], "a.b.c");
+        assert_eq!(q["recover"], "chat_1:5,chat_2:0");
+        assert_eq!(q["x"], "");
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+    }
+}

@@ -1,0 +1,212 @@
+//! A connection's outbound queue: pre-encoded WebSocket frames, bounded in
+//! bytes (DESIGN.md guarantee 4).
+//!
+//! Fan-out pushes shared `Bytes` and never blocks; a push past the bound
+//! marks the connection for close 4008 and drops the frame, so a slow client
+//! never slows anyone else. An idle outbox holds no allocation (an empty
+//! `VecDeque`), which keeps idle connections small.
+
+use bytes::Bytes;
+use herald_protocol::CloseCode;
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use tokio::sync::Notify;
+
+/// A connection's outbound queue.
+pub struct Outbox {
+    state: Mutex<State>,
+    /// Wakes the writer when frames arrive or a close is requested.
+    writer: Notify,
+    /// Wakes whoever waits for the queue to drain (replay pacing) or the
+    /// connection to close.
+    drained: Notify,
+    max_bytes: usize,
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Bytes>,
+    bytes: usize,
+    close: Option<CloseCode>,
+    /// The writer has stopped (socket gone); nothing more will be written.
+    dead: bool,
+}
+
+/// What the writer takes each round.
+pub enum Take {
+    /// Frames to write, in order.
+    Frames(Vec<Bytes>),
+    /// Write a `disconnect` + close frame with this code, then stop.
+    Close(CloseCode),
+}
+
+impl Outbox {
+    /// An empty outbox with a byte bound.
+    pub fn new(max_bytes: usize) -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            writer: Notify::new(),
+            drained: Notify::new(),
+            max_bytes,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the queue in a
+        // half-updated state worth refusing: keep serving.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a frame within the bound. Past the bound the connection is
+    /// marked for close 4008 and `false` is returned.
+    pub fn push(&self, frame: Bytes) -> bool {
+        let mut s = self.lock();
+        if s.close.is_some() || s.dead {
+            return false;
+        }
+        if s.bytes + frame.len() > self.max_bytes {
+            s.close = Some(CloseCode::SlowConsumer);
+            s.queue.clear();
+            s.bytes = 0;
+            drop(s);
+            self.writer.notify_one();
+            self.drained.notify_waiters();
+            return false;
+        }
+        s.bytes += frame.len();
+        s.queue.push_back(frame);
+        drop(s);
+        self.writer.notify_one();
+        true
+    }
+
+    /// Queues a frame outside the bound (replay pages, which are paced by
+    /// [`Outbox::wait_drained`] instead, PROTOCOL.md section 5).
+    pub fn push_unbounded(&self, frame: Bytes) -> bool {
+        let mut s = self.lock();
+        if s.close.is_some() || s.dead {
+            return false;
+        }
+        s.queue.push_back(frame);
+        drop(s);
+        self.writer.notify_one();
+        true
+    }
+
+    /// Asks the writer to send `disconnect` and close with `code` after what
+    /// is queued. The first close request wins.
+    pub fn close(&self, code: CloseCode) {
+        let mut s = self.lock();
+        if s.close.is_none() {
+            s.close = Some(code);
+        }
+        drop(s);
+        self.writer.notify_one();
+        self.drained.notify_waiters();
+    }
+
+    /// Like [`Outbox::close`], but drops what is queued first (protocol
+    /// violations and slow consumers need not see the rest).
+    pub fn close_now(&self, code: CloseCode) {
+        let mut s = self.lock();
+        if s.close.is_none() {
+            s.close = Some(code);
+        }
+        s.queue.clear();
+        s.bytes = 0;
+        drop(s);
+        self.writer.notify_one();
+        self.drained.notify_waiters();
+    }
+
+    /// The close requested, if any.
+    pub fn close_code(&self) -> Option<CloseCode> {
+        self.lock().close
+    }
+
+    /// Whether the connection is closing or gone.
+    pub fn is_closing(&self) -> bool {
+        let s = self.lock();
+        s.close.is_some() || s.dead
+    }
+
+    /// Writer side: marks the socket gone.
+    pub fn mark_dead(&self) {
+        let mut s = self.lock();
+        s.dead = true;
+        s.queue.clear();
+        s.bytes = 0;
+        drop(s);
+        self.drained.notify_waiters();
+    }
+
+    /// Writer side: waits for frames or a close request.
+    pub async fn take(&self) -> Take {
+        loop {
+            let notified = self.writer.notified();
+            {
+                let mut s = self.lock();
+                if !s.queue.is_empty() {
+                    s.bytes = 0;
+                    let frames: Vec<Bytes> = s.queue.drain(..).collect();
+                    // Give back the queue's buffer when a burst made it large,
+                    // so an idle connection stays small.
+                    if s.queue.capacity() > 64 {
+                        s.queue = VecDeque::new();
+                    }
+                    return Take::Frames(frames);
+                }
+                if let Some(code) = s.close {
+                    return Take::Close(code);
+                }
+            }
+            self.drained.notify_waiters();
+            notified.await;
+        }
+    }
+
+    /// Waits until the queue is empty, or the connection closes. Returns
+    /// false when it closed.
+    pub async fn wait_drained(&self) -> bool {
+        loop {
+            let notified = self.drained.notified();
+            {
+                let s = self.lock();
+                if s.close.is_some() || s.dead {
+                    return false;
+                }
+                if s.queue.is_empty() {
+                    return true;
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bound_closes_with_4008() {
+        let o = Outbox::new(10);
+        assert!(o.push(Bytes::from_static(b"12345")));
+        assert!(o.push(Bytes::from_static(b"12345")));
+        assert!(!o.push(Bytes::from_static(b"1")));
+        assert_eq!(o.close_code(), Some(CloseCode::SlowConsumer));
+        assert!(matches!(o.take().await, Take::Close(CloseCode::SlowConsumer)));
+    }
+
+    #[tokio::test]
+    async fn take_returns_in_order_and_frees_bound() {
+        let o = Outbox::new(10);
+        assert!(o.push(Bytes::from_static(b"ab")));
+        assert!(o.push(Bytes::from_static(b"cd")));
+        match o.take().await {
+            Take::Frames(f) => assert_eq!(f, vec![Bytes::from_static(b"ab"), Bytes::from_static(b"cd")]),
+            Take::Close(_) => panic!("unexpected close"),
+        }
+        assert!(o.push(Bytes::from_static(b"0123456789")));
+    }
+}

@@ -1,0 +1,359 @@
+//! The `/v1/*` routes (PROTOCOL.md section 8): bearer API key, JSON in and
+//! out, errors as `{"error":{"code","message"}}` with the status of their
+//! code. Each failure maps to its code here and nowhere else.
+
+use crate::{IngestError, IngestService, PublishInput, metrics};
+use bytes::Bytes;
+use herald_protocol::api::{
+    DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT, MAX_POSITIONS, PositionsAnswer, PublishAnswer,
+};
+use herald_protocol::server::{ErrorRef, PresenceList};
+use herald_protocol::{ChannelName, ErrorCode, JsonData};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::collections::{BTreeMap, HashSet};
+use subtle::ConstantTimeEq;
+
+/// Who publishes through the API: idempotency keys of API publishes share
+/// this scope (one API key, one owner).
+pub const API_PUBLISHER: &str = "api:default";
+
+type Resp = Response<Full<Bytes>>;
+
+/// A JSON response.
+pub fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Resp {
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    let mut r = Response::new(Full::new(Bytes::from(bytes)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// An error response in the PROTOCOL.md format.
+pub fn error(code: ErrorCode, message: &str) -> Resp {
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        error: ErrorRef<'a>,
+    }
+    let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    json(status, &Body { error: ErrorRef { code, message } })
+}
+
+fn err(e: IngestError) -> Resp {
+    error(e.code, &e.message)
+}
+
+fn bad(message: &str) -> Resp {
+    error(ErrorCode::BadRequest, message)
+}
+
+/// Whether `path` belongs to the ingest API.
+pub fn is_api_path(path: &str) -> bool {
+    path == "/v1" || path.starts_with("/v1/")
+}
+
+/// Handles one `/v1/*` request.
+pub async fn handle(svc: &IngestService, req: Request<Incoming>) -> Resp {
+    let resp = route(svc, req).await;
+    let class = match resp.status().as_u16() {
+        200..=299 => "2xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    metrics::http_requests(class).increment(1);
+    resp
+}
+
+fn authorized(svc: &IngestService, req: &Request<Incoming>) -> bool {
+    let Some(given) = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+    else {
+        return false;
+    };
+    let want = svc.config().api_key.as_bytes();
+    // Constant time in the key's content (the length is not secret).
+    !want.is_empty() && bool::from(given.trim().as_bytes().ct_eq(want))
+}
+
+async fn route(svc: &IngestService, req: Request<Incoming>) -> Resp {
+    let path = req.uri().path().to_owned();
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let known = matches!(
+        (req.method(), segs.as_slice()),
+        (&Method::POST, ["v1", "publish"])
+            | (&Method::POST, ["v1", "signal"])
+            | (&Method::POST, ["v1", "positions"])
+            | (&Method::GET, ["v1", "channels", _, "messages"])
+            | (&Method::GET, ["v1", "channels", _, "presence"])
+    );
+    if !known {
+        return error(ErrorCode::NotFound, &format!("no route for {} {}", req.method(), path));
+    }
+    if !authorized(svc, &req) {
+        return error(ErrorCode::Unauthorized, "missing or wrong API key");
+    }
+    match segs.as_slice() {
+        ["v1", "publish"] => match body(svc, req).await {
+            Ok(b) => publish(svc, &b).await,
+            Err(r) => r,
+        },
+        ["v1", "signal"] => match body(svc, req).await {
+            Ok(b) => signal(svc, &b).await,
+            Err(r) => r,
+        },
+        ["v1", "positions"] => match body(svc, req).await {
+            Ok(b) => positions(svc, &b).await,
+            Err(r) => r,
+        },
+        ["v1", "channels", ch, "messages"] => {
+            let ch = match channel(ch) {
+                Ok(c) => c,
+                Err(r) => return r,
+            };
+            history(svc, &ch, req.uri().query().unwrap_or("")).await
+        }
+        ["v1", "channels", ch, "presence"] => {
+            let ch = match channel(ch) {
+                Ok(c) => c,
+                Err(r) => return r,
+            };
+            match svc.presence(&ch).await {
+                Ok(clients) => json(StatusCode::OK, &PresenceList { clients }),
+                Err(e) => err(e),
+            }
+        }
+        _ => error(ErrorCode::NotFound, "no such route"),
+    }
+}
+
+fn channel(raw: &str) -> Result<ChannelName, Resp> {
+    let decoded = percent_decode(raw);
+    ChannelName::new(&decoded).map_err(|e| error(ErrorCode::BadChannel, &format!("{decoded:?}: {e}")))
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Some(v) = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn body(svc: &IngestService, req: Request<Incoming>) -> Result<Bytes, Resp> {
+    // Room for the largest data plus channel lists and the other fields.
+    let max = svc.config().max_data_bytes + 64 * 1024;
+    match Limited::new(req.into_body(), max).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(error(
+            ErrorCode::TooLarge,
+            &format!("request body is larger than {max} bytes"),
+        )),
+        Err(_) => Err(bad("could not read the request body")),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishBody<'a> {
+    channel: Option<String>,
+    channels: Option<Vec<String>>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+    key: Option<String>,
+    from: Option<String>,
+}
+
+fn channels_of(one: Option<String>, many: Option<Vec<String>>, max: usize) -> Result<Vec<ChannelName>, Resp> {
+    let names = match (one, many) {
+        (Some(_), Some(_)) => return Err(bad("give either channel or channels, not both")),
+        (None, None) => return Err(bad("missing channel or channels")),
+        (Some(c), None) => vec![c],
+        (None, Some(cs)) => cs,
+    };
+    if names.is_empty() {
+        return Err(bad("channels is empty"));
+    }
+    if names.len() > max {
+        return Err(bad(&format!("at most {max} channels per publish")));
+    }
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(names.len());
+    for n in names {
+        let c = ChannelName::new(&n).map_err(|e| error(ErrorCode::BadChannel, &format!("{n:?}: {e}")))?;
+        if !seen.insert(c.clone()) {
+            return Err(bad(&format!("channel {n:?} listed twice")));
+        }
+        out.push(c);
+    }
+    Ok(out)
+}
+
+fn data_of(svc: &IngestService, raw: Option<&RawValue>) -> Result<JsonData, Resp> {
+    let Some(raw) = raw else {
+        return Err(bad("missing data"));
+    };
+    let text = raw.get();
+    if text.len() > svc.config().max_data_bytes {
+        return Err(error(
+            ErrorCode::TooLarge,
+            &format!("data is larger than {} bytes", svc.config().max_data_bytes),
+        ));
+    }
+    JsonData::from_json_text(Bytes::copy_from_slice(text.as_bytes())).map_err(|_| bad("data is not valid JSON"))
+}
+
+fn parse_json<'a, T: Deserialize<'a>>(b: &'a [u8]) -> Result<T, Resp> {
+    serde_json::from_slice(b).map_err(|e| bad(&format!("malformed JSON body: {e}")))
+}
+
+async fn publish(svc: &IngestService, b: &[u8]) -> Resp {
+    let body: PublishBody<'_> = match parse_json(b) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let channels = match channels_of(body.channel, body.channels, svc.config().max_publish_channels) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let data = match data_of(svc, body.data) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    if body.key.as_ref().is_some_and(|k| k.is_empty() || k.len() > 256) {
+        return bad("key must be 1 to 256 bytes");
+    }
+    let input = PublishInput {
+        channels,
+        data,
+        key: body.key,
+        from: body.from,
+        publisher: API_PUBLISHER.into(),
+    };
+    match svc.publish(input).await {
+        Ok(a) => json(
+            StatusCode::OK,
+            &PublishAnswer {
+                id: a.id,
+                ts: a.ts,
+                seqs: a.seqs.into_iter().map(|(c, s)| (c.as_str().to_owned(), s)).collect(),
+            },
+        ),
+        Err(e) => err(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignalBody<'a> {
+    channel: Option<String>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+    from: Option<String>,
+}
+
+async fn signal(svc: &IngestService, b: &[u8]) -> Resp {
+    let body: SignalBody<'_> = match parse_json(b) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let Some(name) = body.channel else {
+        return bad("missing channel");
+    };
+    let ch = match ChannelName::new(&name) {
+        Ok(c) => c,
+        Err(e) => return error(ErrorCode::BadChannel, &format!("{name:?}: {e}")),
+    };
+    let data = match data_of(svc, body.data) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    match svc.signal(ch, data, body.from).await {
+        Ok(()) => json(StatusCode::ACCEPTED, &serde_json::json!({})),
+        Err(e) => err(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PositionsBody {
+    channels: Vec<String>,
+}
+
+async fn positions(svc: &IngestService, b: &[u8]) -> Resp {
+    let body: PositionsBody = match parse_json(b) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    if body.channels.len() > MAX_POSITIONS {
+        return bad(&format!("at most {MAX_POSITIONS} channels"));
+    }
+    let mut chans = Vec::with_capacity(body.channels.len());
+    for n in &body.channels {
+        match ChannelName::new(n) {
+            Ok(c) => chans.push(c),
+            Err(e) => return error(ErrorCode::BadChannel, &format!("{n:?}: {e}")),
+        }
+    }
+    match svc.positions(&chans).await {
+        Ok(p) => {
+            let positions: BTreeMap<String, u64> =
+                chans.iter().zip(p).map(|(c, s)| (c.as_str().to_owned(), s)).collect();
+            json(StatusCode::OK, &PositionsAnswer { positions })
+        }
+        Err(e) => err(e),
+    }
+}
+
+async fn history(svc: &IngestService, ch: &ChannelName, query: &str) -> Resp {
+    let mut after = 0u64;
+    let mut limit = DEFAULT_HISTORY_LIMIT;
+    for part in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = part.split_once('=').unwrap_or((part, ""));
+        match k {
+            "after" => match v.parse::<u64>() {
+                Ok(a) => after = a,
+                Err(_) => return bad("after must be a non-negative integer"),
+            },
+            "limit" => match v.parse::<u32>() {
+                Ok(l) if (1..=MAX_HISTORY_LIMIT).contains(&l) => limit = l,
+                _ => return bad(&format!("limit must be 1 to {MAX_HISTORY_LIMIT}")),
+            },
+            _ => {}
+        }
+    }
+    match svc.history(ch, after, limit).await {
+        Ok(page) => json(StatusCode::OK, &page),
+        Err(e) => err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_percent() {
+        assert_eq!(percent_decode("chat%5F1"), "chat_1");
+        assert_eq!(percent_decode("a%"), "a%");
+        assert_eq!(percent_decode("%4"), "%4");
+    }
+}

@@ -1,0 +1,268 @@
+//! Ingest: the HTTP API for application backends (PROTOCOL.md section 8) and
+//! the publish pipeline: commit to the store, then publish on the bus, then
+//! answer (DESIGN.md guarantee 1).
+//!
+//! # Layout
+//! - `lib.rs`: [`IngestService`] (publish, signal, history, presence,
+//!   positions) and [`IngestError`].
+//! - [`http`]: the `/v1/*` routes, JSON bodies and error format.
+//! - [`metrics`]: metric names.
+//!
+//! Nothing is published for a message that was not committed; a bus failure
+//! after the commit still answers 200, and gateways' catch-up delivers it.
+
+pub mod http;
+pub mod metrics;
+
+use herald_bus::{Bus, Presence};
+use herald_protocol::api::HistoryPage;
+use herald_protocol::bus::Envelope;
+use herald_protocol::server::{ClientInfo, Message};
+use herald_protocol::{ChannelName, ErrorCode, JsonData};
+use herald_store::{AppendRequest, Appended, Store, StoreError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Ingest settings.
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    /// The bearer key of the API (also what gateways send).
+    pub api_key: String,
+    /// Largest `data` as JSON text (PROTOCOL.md section 7, 16 KiB).
+    pub max_data_bytes: usize,
+    /// Most channels in one publish (herald's knob, 100).
+    pub max_publish_channels: usize,
+    /// How often retention and expired idempotency keys are pruned (60 s).
+    pub prune_interval: Duration,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            api_key: String::new(),
+            max_data_bytes: 16384,
+            max_publish_channels: 100,
+            prune_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A failed ingest operation, with its PROTOCOL.md code.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct IngestError {
+    /// Code (and so HTTP status).
+    pub code: ErrorCode,
+    /// Detail for the caller.
+    pub message: String,
+}
+
+impl IngestError {
+    /// Builds an error.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<StoreError> for IngestError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict => Self::new(
+                ErrorCode::Conflict,
+                "idempotency key reused with other channels or data",
+            ),
+            StoreError::Unavailable(ref cause) => {
+                tracing::warn!(error = %cause, "store unavailable");
+                Self::new(ErrorCode::Unavailable, "store unavailable; retry")
+            }
+            other => {
+                tracing::error!(error = %other, "store failure");
+                Self::new(ErrorCode::Internal, "internal error")
+            }
+        }
+    }
+}
+
+/// A publish, from the HTTP API or a gateway.
+#[derive(Debug, Clone)]
+pub struct PublishInput {
+    /// Distinct channels, at least one.
+    pub channels: Vec<ChannelName>,
+    /// Payload.
+    pub data: JsonData,
+    /// Idempotency key.
+    pub key: Option<String>,
+    /// Shown as `from`.
+    pub from: Option<String>,
+    /// Idempotency scope: `api:<owner>` or `sub:<sub>`.
+    pub publisher: String,
+}
+
+/// The ingest service.
+pub struct IngestService {
+    cfg: IngestConfig,
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+    presence: Arc<dyn Presence>,
+}
+
+impl IngestService {
+    /// Builds the service and starts its prune loop.
+    pub fn new(
+        cfg: IngestConfig,
+        store: Arc<dyn Store>,
+        bus: Arc<dyn Bus>,
+        presence: Arc<dyn Presence>,
+    ) -> Arc<Self> {
+        metrics::describe();
+        let svc = Arc::new(Self {
+            cfg,
+            store,
+            bus,
+            presence,
+        });
+        let weak = Arc::downgrade(&svc);
+        let every = svc.cfg.prune_interval;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(svc) = weak.upgrade() else { return };
+                match svc.store.prune(herald_protocol::now_ms()).await {
+                    Ok(n) if n > 0 => tracing::debug!(deleted = n, "retention pruned"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "retention prune failed"),
+                }
+            }
+        });
+        svc
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &IngestConfig {
+        &self.cfg
+    }
+
+    /// Commits a message, then publishes it on the bus, then returns.
+    pub async fn publish(&self, input: PublishInput) -> Result<Appended, IngestError> {
+        if input.data.len() > self.cfg.max_data_bytes {
+            return Err(IngestError::new(
+                ErrorCode::TooLarge,
+                format!("data is larger than {} bytes", self.cfg.max_data_bytes),
+            ));
+        }
+        let started = Instant::now();
+        let id = format!("m_{}", uuid::Uuid::now_v7().simple());
+        let ts = herald_protocol::now_ms();
+        let req = AppendRequest {
+            channels: input.channels,
+            data: input.data.clone(),
+            from: input.from.clone(),
+            publisher: input.publisher,
+            key: input.key,
+            id,
+            ts,
+        };
+        let result = self.store.append(req).await;
+        metrics::publish_duration().record(started.elapsed().as_secs_f64());
+        let appended = match result {
+            Ok(a) => a,
+            Err(e) => {
+                metrics::publishes("error").increment(1);
+                return Err(e.into());
+            }
+        };
+        if appended.duplicate {
+            metrics::publishes("duplicate").increment(1);
+            return Ok(appended);
+        }
+        metrics::publishes("ok").increment(1);
+        for (ch, seq) in &appended.seqs {
+            metrics::messages_published().increment(1);
+            let env = Envelope::message(
+                ch.clone(),
+                *seq,
+                appended.id.clone(),
+                appended.ts,
+                input.from.clone(),
+                &input.data,
+            );
+            // Committed already: a failed bus publish is repaired by the
+            // gateways' catch-up (PROTOCOL.md section 9).
+            if let Err(e) = self.bus.publish(&env).await {
+                metrics::bus_publish_failures().increment(1);
+                tracing::warn!(error = %e, channel = %ch, msg_id = %appended.id, "bus publish failed after commit");
+            }
+        }
+        Ok(appended)
+    }
+
+    /// Fans a signal out on the bus; never stored (DESIGN.md guarantee 7).
+    pub async fn signal(
+        &self,
+        channel: ChannelName,
+        data: JsonData,
+        from: Option<String>,
+    ) -> Result<(), IngestError> {
+        if data.len() > self.cfg.max_data_bytes {
+            return Err(IngestError::new(
+                ErrorCode::TooLarge,
+                format!("data is larger than {} bytes", self.cfg.max_data_bytes),
+            ));
+        }
+        self.bus
+            .publish(&Envelope::signal(channel, from, &data))
+            .await
+            .map_err(|e| IngestError::new(ErrorCode::Unavailable, format!("bus unavailable: {e}")))
+    }
+
+    /// One page of history.
+    pub async fn history(
+        &self,
+        channel: &ChannelName,
+        after: u64,
+        limit: u32,
+    ) -> Result<HistoryPage, IngestError> {
+        let h = self.store.history(channel, after, limit).await?;
+        Ok(HistoryPage {
+            messages: h
+                .messages
+                .into_iter()
+                .map(|m| Message {
+                    kind: None,
+                    channel: m.channel,
+                    seq: m.seq,
+                    id: m.id,
+                    ts: m.ts,
+                    from: m.from,
+                    data: m.data,
+                })
+                .collect(),
+            last_seq: h.last_seq,
+        })
+    }
+
+    /// Last seq of each channel.
+    pub async fn positions(&self, channels: &[ChannelName]) -> Result<Vec<u64>, IngestError> {
+        Ok(self.store.positions(channels).await?)
+    }
+
+    /// Clients on a channel now.
+    pub async fn presence(&self, channel: &ChannelName) -> Result<Vec<ClientInfo>, IngestError> {
+        self.presence
+            .list(channel)
+            .await
+            .map_err(|e| IngestError::new(ErrorCode::Unavailable, format!("presence unavailable: {e}")))
+    }
+
+    /// Readiness: the store and the bus answer.
+    pub async fn ready(&self) -> bool {
+        let store = tokio::time::timeout(Duration::from_secs(2), self.store.ping()).await;
+        let bus = tokio::time::timeout(Duration::from_secs(2), self.bus.ping()).await;
+        matches!(store, Ok(Ok(()))) && matches!(bus, Ok(Ok(())))
+    }
+}

@@ -1,0 +1,314 @@
+//! The `herald` binary: CLI, configuration, wiring and serving.
+//!
+//! # Layout
+//! - [`cli`]: subcommands and flags (DESIGN.md names).
+//! - [`config`]: file < environment < flags, validated once.
+//! - [`server`]: accept loop and router.
+//! - [`admin`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`dev`]: `herald dev` wiring (in-process ingest, demo page).
+
+mod admin;
+mod cli;
+mod config;
+mod dev;
+mod server;
+
+use anyhow::{Context, anyhow, bail};
+use clap::Parser;
+use cli::{Cli, Command, Common, TokenArgs};
+use config::{Config, LogFormat};
+use herald_bus::local::{LocalBus, LocalPresence};
+use herald_bus::{Bus, Presence};
+use herald_gateway::{Gateway, GatewayConfig};
+use herald_ingest::{IngestConfig, IngestService};
+use rand::Rng;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("herald: cannot start the runtime: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("herald: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn env_map() -> BTreeMap<String, String> {
+    std::env::vars().collect()
+}
+
+fn load_config(common: &Common) -> anyhow::Result<Config> {
+    let env = env_map();
+    let (env_ov, unknown) = config::env_overrides(&env);
+    if !unknown.is_empty() {
+        bail!(
+            "unknown HERALD_* environment variable(s): {} (see docs/configuration.md)",
+            unknown.join(", ")
+        );
+    }
+    let file = common.config.clone().or_else(|| env.get("HERALD_CONFIG").cloned());
+    config::load(file.as_deref(), &env_ov, &common.overrides())
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => b.json().try_init(),
+        LogFormat::Human => b.try_init(),
+    };
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Dev(c) => dev(c).await,
+        Command::Gateway(c) => needs_redis("gateway", &c),
+        Command::Ingest(c) => needs_redis("ingest", &c),
+        Command::Token(t) => token(t),
+    }
+}
+
+/// `herald gateway` and `herald ingest` validate their configuration, then
+/// say what they need: the Redis bus arrives with the scale-out work.
+fn needs_redis(what: &str, common: &Common) -> anyhow::Result<()> {
+    let cfg = load_config(common)?;
+    cfg.gateway_limits()?;
+    cfg.gateway_routes()?;
+    if what == "gateway" {
+        herald_auth::Verifier::new(&cfg.auth_config()).map_err(|e| anyhow!("auth configuration: {e}"))?;
+    }
+    let missing: Vec<&str> = [
+        ("--redis-url", cfg.redis_url.is_none()),
+        ("--ingest-url", what == "gateway" && cfg.ingest_url.is_none()),
+        ("--database-url", what == "ingest" && cfg.database_url.is_none()),
+    ]
+    .into_iter()
+    .filter_map(|(f, m)| m.then_some(f))
+    .collect();
+    if !missing.is_empty() {
+        tracing::debug!(missing = ?missing, "settings missing");
+    }
+    bail!(
+        "herald {what} needs Redis (--redis-url / HERALD_REDIS_URL){}, and this build has no Redis bus yet; \
+         run `herald dev` for a single node (in-process bus, SQLite)",
+        if what == "gateway" { " and an ingest URL (--ingest-url)" } else { " and a database (--database-url)" }
+    )
+}
+
+fn random_hex(n: usize) -> String {
+    let mut rng = rand::rng();
+    (0..n).map(|_| format!("{:x}", rng.random_range(0..16u8))).collect()
+}
+
+/// Raises the soft fd limit to the hard one and returns it.
+fn raise_fd_limit() -> Option<u64> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        return Some(hard);
+    }
+    Some(soft)
+}
+
+async fn dev(common: Common) -> anyhow::Result<()> {
+    let mut cfg = load_config(&common)?;
+    init_logs(cfg.log_format.unwrap_or(LogFormat::Human));
+    let listen = cfg.listen.clone().unwrap_or_else(|| "127.0.0.1:8080".into());
+    let db_url = cfg.database_url.clone().unwrap_or_else(|| "sqlite://herald-dev.db".into());
+    let secret = cfg.jwt_secret.clone().unwrap_or_else(|| random_hex(32));
+    cfg.jwt_secret = Some(secret.clone());
+    let api_key = cfg.api_key.clone().unwrap_or_else(|| random_hex(32));
+    let node_id = cfg.node_id.clone().unwrap_or_else(|| "dev".into());
+
+    let mut limits = cfg.gateway_limits()?;
+    if let Some(fds) = raise_fd_limit() {
+        let cap = usize::try_from(fds.saturating_sub(1000)).unwrap_or(usize::MAX).max(1);
+        limits.max_connections = limits.max_connections.min(cap);
+    }
+    let routes = cfg.gateway_routes()?;
+    let verifier = herald_auth::Verifier::new(&cfg.auth_config()).map_err(|e| anyhow!("auth configuration: {e}"))?;
+    let metrics = admin::install_metrics(&node_id)?;
+
+    let store = herald_store::open(&db_url, cfg.store_config())
+        .await
+        .with_context(|| format!("opening the store at {db_url}"))?;
+    let bus: Arc<dyn Bus> = Arc::new(LocalBus::new());
+    let presence: Arc<dyn Presence> = Arc::new(LocalPresence::new());
+    let ingest = IngestService::new(
+        IngestConfig {
+            api_key: api_key.clone(),
+            max_data_bytes: limits.max_data_bytes,
+            ..IngestConfig::default()
+        },
+        store,
+        bus.clone(),
+        presence.clone(),
+    );
+    let gw_cfg = GatewayConfig {
+        node_id: node_id.clone(),
+        limits,
+        routes,
+        gap_timeout: cfg.bus.gap_timeout,
+        catchup_interval: cfg.bus.catchup_interval,
+        ..GatewayConfig::default()
+    };
+    let gateway = Gateway::new(
+        gw_cfg,
+        verifier,
+        Arc::new(dev::InProcessIngest(ingest.clone())),
+        bus,
+        presence,
+    );
+
+    let listener = TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    let draining = Arc::new(AtomicBool::new(false));
+    let admin = admin::Admin {
+        metrics,
+        gateway: Some(gateway.clone()),
+        ingest: Some(ingest.clone()),
+        draining: draining.clone(),
+    };
+    let minter = herald_auth::Minter::hs256(secret.as_bytes());
+    let now = i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs())?;
+    let mint = |spec: herald_auth::TokenSpec| minter.mint(&spec.to_claims(now)).map_err(|e| anyhow!("{e}"));
+    let day = Some(std::time::Duration::from_secs(86400));
+    let visitor = mint(herald_auth::TokenSpec {
+        sub: "visitor:demo".into(),
+        ttl: day,
+        channels: vec!["chat_demo".into()],
+        subscribe: vec![],
+        publish: vec!["chat_demo".into()],
+        signal: vec!["chat_demo".into()],
+        presence: vec!["chat_demo".into()],
+        info: Some(serde_json::json!({"name": "Visitor"})),
+    })?;
+    let operator = mint(herald_auth::TokenSpec {
+        sub: "op:1".into(),
+        ttl: day,
+        channels: vec!["dashboard_website_12".into()],
+        subscribe: vec!["chat_*".into()],
+        publish: vec!["chat_*".into()],
+        signal: vec!["chat_*".into()],
+        presence: vec!["chat_*".into()],
+        info: Some(serde_json::json!({"name": "Operator"})),
+    })?;
+    let demo_cfg = serde_json::json!({
+        "visitorToken": visitor, "operatorToken": operator, "apiKey": api_key,
+        "site": "12", "conversation": "demo",
+    });
+    let demo = bytes::Bytes::from(dev::demo_page(&demo_cfg.to_string()));
+    let app = server::App {
+        gateway: Some(gateway.clone()),
+        ingest: Some(ingest.clone()),
+        admin: if cfg.admin_listen.is_some() { None } else { Some(admin.clone()) },
+        demo: Some(demo),
+    };
+    let stop = CancellationToken::new();
+    let mut servers = Vec::new();
+    if let Some(a) = &cfg.admin_listen {
+        let l = TcpListener::bind(a).await.with_context(|| format!("cannot listen on {a}"))?;
+        let app = server::App { gateway: None, ingest: None, admin: Some(admin), demo: None };
+        servers.push(tokio::spawn(server::serve(l, app, stop.clone())));
+    }
+    let public = tokio::spawn(server::serve(listener, app, stop.clone()));
+
+    let host = addr.to_string();
+    println!(
+        "herald dev listening on http://{host}\n\
+         \n  demo page:   http://{host}/demo\
+         \n  store:       {db_url}\
+         \n  jwt secret:  {secret}\
+         \n  api key:     {api_key}\
+         \n  token:       {visitor}\
+         \n               (sub visitor:demo, auto-subscribed to chat_demo)\
+         \n\n  watch:   websocat 'ws://{host}/ws?token={visitor}'\
+         \n  publish: curl -s -H 'Authorization: Bearer {api_key}' -H 'Content-Type: application/json' \\\
+         \n             -d '{{\"channel\":\"chat_demo\",\"data\":{{\"content\":\"hello\",\"role\":\"user\"}}}}' http://{host}/v1/publish\n"
+    );
+    tracing::info!(listen = %host, store = %db_url, "herald dev ready");
+
+    shutdown_signal().await;
+    tracing::info!("SIGTERM: draining");
+    draining.store(true, std::sync::atomic::Ordering::SeqCst);
+    // Stop accepting, then close clients at an even pace over the window.
+    stop.cancel();
+    gateway.drain().await;
+    let _ = public.await;
+    for s in servers {
+        let _ = s.await;
+    }
+    tracing::info!("drained; bye");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGTERM");
+            std::future::pending::<()>().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn token(t: TokenArgs) -> anyhow::Result<()> {
+    let common = Common { config: t.config.clone(), jwt_secret: t.jwt_secret.clone(), ..Common::default() };
+    let cfg = load_config(&common)?;
+    let secret = cfg
+        .jwt_secret
+        .ok_or_else(|| anyhow!("no key: give --jwt-secret, HERALD_JWT_SECRET or jwt_secret in --config"))?;
+    let ttl = config::parse_duration(&t.ttl).map_err(|e| anyhow!("--ttl: {e}"))?;
+    let info = match &t.info {
+        Some(s) => {
+            let v: serde_json::Value = serde_json::from_str(s).map_err(|e| anyhow!("--info is not JSON: {e}"))?;
+            if !v.is_object() {
+                bail!("--info must be a JSON object");
+            }
+            Some(v)
+        }
+        None => None,
+    };
+    for c in &t.channels {
+        herald_protocol::ChannelName::new(c).map_err(|e| anyhow!("--channels {c:?}: {e}"))?;
+    }
+    for p in t.allow_subscribe.iter().chain(&t.allow_publish).chain(&t.allow_signal).chain(&t.allow_presence) {
+        herald_protocol::Pattern::new(p).map_err(|e| anyhow!("pattern {p:?}: {e}"))?;
+    }
+    let spec = herald_auth::TokenSpec {
+        sub: t.sub,
+        ttl: Some(ttl),
+        channels: t.channels,
+        subscribe: t.allow_subscribe,
+        publish: t.allow_publish,
+        signal: t.allow_signal,
+        presence: t.allow_presence,
+        info,
+    };
+    let now = i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs())?;
+    let tok = herald_auth::Minter::hs256(secret.as_bytes())
+        .mint(&spec.to_claims(now))
+        .map_err(|e| anyhow!("{e}"))?;
+    println!("{tok}");
+    Ok(())
+}
