@@ -181,6 +181,7 @@ async fn write_loop(mut wr: Writer, h: Arc<ConnHandle>, done: CancellationToken)
                 h.outbox.mark_dead();
                 break;
             }
+            Take::Stop => break,
         }
     }
     done.cancel();
@@ -387,9 +388,11 @@ impl Conn {
             subs: &results,
         });
         for plan in plans {
+            let ch = plan.channel.clone();
             if !self.finish(plan).await {
                 return false;
             }
+            self.join(&ch).await;
         }
         true
     }

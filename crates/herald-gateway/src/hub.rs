@@ -694,3 +694,208 @@ async fn bus_sync(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Ordering, gap fill and the buffering handshake, against an in-memory
+    //! history (the real store is covered by the store conformance suite and
+    //! the end-to-end tests).
+    use super::*;
+    use crate::ingest::{IngestError, PublishCall};
+    use crate::outbox::Take;
+    use herald_bus::Bus;
+    use herald_bus::local::LocalBus;
+    use herald_protocol::api::HistoryPage;
+    use herald_protocol::server::PublishResult;
+
+    #[derive(Default)]
+    struct MemHistory {
+        msgs: Mutex<Vec<server::Message>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Ingest for MemHistory {
+        async fn publish(&self, _: PublishCall) -> Result<PublishResult, IngestError> {
+            Err(IngestError::unavailable("not used"))
+        }
+        async fn history(&self, ch: &ChannelName, after: u64, limit: u32) -> Result<HistoryPage, IngestError> {
+            let m = self.msgs.lock().unwrap();
+            let all: Vec<_> = m.iter().filter(|x| x.channel == *ch).cloned().collect();
+            let last_seq = all.iter().map(|x| x.seq).max().unwrap_or(0);
+            let messages = all.into_iter().filter(|x| x.seq > after).take(limit as usize).collect();
+            Ok(HistoryPage { messages, last_seq })
+        }
+        async fn positions(&self, chs: &[ChannelName]) -> Result<Vec<u64>, IngestError> {
+            let m = self.msgs.lock().unwrap();
+            Ok(chs.iter().map(|c| m.iter().filter(|x| x.channel == *c).map(|x| x.seq).max().unwrap_or(0)).collect())
+        }
+    }
+
+    fn ch() -> ChannelName {
+        ChannelName::new("chat_1").unwrap()
+    }
+
+    fn message(seq: u64) -> server::Message {
+        server::Message {
+            kind: None,
+            channel: ch(),
+            seq,
+            id: format!("m{seq}"),
+            ts: 1,
+            from: None,
+            data: JsonData::from_value(&serde_json::json!({"n": seq})),
+        }
+    }
+
+    struct Fixture {
+        hub: Arc<Hub>,
+        bus: LocalBus,
+        history: Arc<MemHistory>,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let bus = LocalBus::new();
+            let history = Arc::new(MemHistory::default());
+            let b = bus.clone();
+            let hub = Hub::new(history.clone(), move |h| b.attach(h), Duration::from_millis(200), 1 << 20);
+            Self { hub, bus, history }
+        }
+
+        /// Commits seq in history; publishes it on the bus when `bus` is set.
+        async fn commit(&self, seq: u64, bus: bool) {
+            let m = message(seq);
+            self.history.msgs.lock().unwrap().push(m.clone());
+            if bus {
+                let env = Envelope::message(m.channel, seq, m.id, m.ts, None, &m.data);
+                self.bus.publish(&env).await.unwrap();
+            }
+        }
+
+        async fn subscriber(&self, num: u64) -> Arc<ConnHandle> {
+            let conn = Arc::new(ConnHandle {
+                num,
+                id: Arc::from(format!("c{num}")),
+                enc: Encoding::Json,
+                outbox: Outbox::new(1 << 20),
+            });
+            self.hub.add(&ch(), &conn, false, None).unwrap();
+            self.hub.bus_ready(&ch()).await.unwrap();
+            conn
+        }
+    }
+
+    /// Reads the seqs of the message frames queued for a connection, waiting
+    /// (in paused time) until `n` have arrived.
+    async fn seqs(conn: &ConnHandle, n: usize) -> Vec<u64> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            let take = tokio::time::timeout(Duration::from_secs(30), conn.outbox.take()).await;
+            let Ok(Take::Frames(frames)) = take else { break };
+            for f in frames {
+                // Unmasked server frames: header of 2 bytes below 126.
+                let v: serde_json::Value = serde_json::from_slice(&f[2..]).unwrap();
+                out.push(v["seq"].as_u64().unwrap());
+            }
+        }
+        out
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reorders_by_seq() {
+        let f = Fixture::new();
+        let c = f.subscriber(1).await;
+        assert!(matches!(f.hub.go_live(&ch(), 1, 0), GoLive::Done));
+        f.commit(2, false).await;
+        f.commit(1, false).await;
+        for s in [2, 1, 3] {
+            if s == 3 {
+                f.commit(3, false).await;
+            }
+            let env = Envelope::message(ch(), s, format!("m{s}"), 1, None, &message(s).data);
+            f.bus.publish(&env).await.unwrap();
+        }
+        assert_eq!(seqs(&c, 3).await, vec![1, 2, 3]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drops_duplicates() {
+        let f = Fixture::new();
+        let c = f.subscriber(1).await;
+        assert!(matches!(f.hub.go_live(&ch(), 1, 0), GoLive::Done));
+        f.commit(1, true).await;
+        let env = Envelope::message(ch(), 1, "m1".into(), 1, None, &message(1).data);
+        f.bus.publish(&env).await.unwrap();
+        f.commit(2, true).await;
+        assert_eq!(seqs(&c, 2).await, vec![1, 2]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fills_a_gap_from_history() {
+        let f = Fixture::new();
+        let c = f.subscriber(1).await;
+        assert!(matches!(f.hub.go_live(&ch(), 1, 0), GoLive::Done));
+        f.commit(1, true).await;
+        f.commit(2, false).await; // lost on the bus
+        f.commit(3, true).await;
+        assert_eq!(seqs(&c, 3).await, vec![1, 2, 3]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn catch_up_delivers_a_lost_last_message() {
+        let f = Fixture::new();
+        let c = f.subscriber(1).await;
+        assert!(matches!(f.hub.go_live(&ch(), 1, 0), GoLive::Done));
+        f.commit(1, true).await;
+        f.commit(2, false).await; // lost, and nothing follows
+        assert_eq!(seqs(&c, 1).await, vec![1]);
+        f.hub.catch_up().await;
+        assert_eq!(seqs(&c, 1).await, vec![2]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn buffering_subscriber_gets_messages_after_its_seq_once() {
+        let f = Fixture::new();
+        let a = f.subscriber(1).await;
+        assert!(matches!(f.hub.go_live(&ch(), 1, 0), GoLive::Done));
+        f.commit(1, true).await;
+        let b = f.subscriber(2).await;
+        // b read position 1; 2 and 3 arrive while it is still replaying.
+        f.commit(2, true).await;
+        f.commit(3, true).await;
+        assert!(matches!(f.hub.go_live(&ch(), 2, 1), GoLive::Done));
+        f.commit(4, true).await;
+        assert_eq!(seqs(&a, 4).await, vec![1, 2, 3, 4]);
+        assert_eq!(seqs(&b, 3).await, vec![2, 3, 4]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn late_subscriber_is_told_what_it_missed() {
+        let f = Fixture::new();
+        let a = f.subscriber(1).await;
+        // b registers, then reads position 0 from a slow read...
+        let b = f.subscriber(2).await;
+        // ...while a goes live at 2 and messages 1..3 pass.
+        f.commit(1, false).await;
+        f.commit(2, false).await;
+        assert!(matches!(f.hub.go_live(&ch(), 1, 2), GoLive::Done));
+        f.commit(3, true).await;
+        assert_eq!(seqs(&a, 1).await, vec![3]);
+        match f.hub.go_live(&ch(), 2, 0) {
+            GoLive::Missing { from, to } => assert_eq!((from, to), (1, 2)),
+            _ => panic!("expected Missing"),
+        }
+        assert!(matches!(f.hub.go_live(&ch(), 2, 2), GoLive::Done));
+        assert_eq!(seqs(&b, 1).await, vec![3]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cap_refuses_past_the_limit() {
+        let f = Fixture::new();
+        let conn = |n: u64| Arc::new(ConnHandle { num: n, id: Arc::from("x"), enc: Encoding::Json, outbox: Outbox::new(10) });
+        assert!(f.hub.add(&ch(), &conn(1), false, Some(1)).is_ok());
+        assert_eq!(f.hub.add(&ch(), &conn(2), false, Some(1)), Err(AddError::Cap));
+        assert!(f.hub.remove(&ch(), 1));
+        assert!(!f.hub.has_channel(&ch()));
+    }
+}

@@ -38,6 +38,8 @@ pub enum Take {
     Frames(Vec<Bytes>),
     /// Write a `disconnect` + close frame with this code, then stop.
     Close(CloseCode),
+    /// The socket is gone: stop without writing.
+    Stop,
 }
 
 impl Outbox {
@@ -137,6 +139,7 @@ impl Outbox {
         s.queue.clear();
         s.bytes = 0;
         drop(s);
+        self.writer.notify_one();
         self.drained.notify_waiters();
     }
 
@@ -146,6 +149,9 @@ impl Outbox {
             let notified = self.writer.notified();
             {
                 let mut s = self.lock();
+                if s.dead {
+                    return Take::Stop;
+                }
                 if !s.queue.is_empty() {
                     s.bytes = 0;
                     let frames: Vec<Bytes> = s.queue.drain(..).collect();
@@ -205,7 +211,7 @@ mod tests {
         assert!(o.push(Bytes::from_static(b"cd")));
         match o.take().await {
             Take::Frames(f) => assert_eq!(f, vec![Bytes::from_static(b"ab"), Bytes::from_static(b"cd")]),
-            Take::Close(_) => panic!("unexpected close"),
+            Take::Close(_) | Take::Stop => panic!("unexpected close"),
         }
         assert!(o.push(Bytes::from_static(b"0123456789")));
     }
