@@ -464,10 +464,10 @@ impl Conn {
     /// handed out before the subscriber was buffering).
     async fn finish(&mut self, plan: Plan) -> bool {
         let ch = plan.channel.clone();
-        if let Some(from) = plan.replay_from {
-            if !self.send_history(&ch, from, plan.after, plan.first_page).await {
-                return false;
-            }
+        if let Some(from) = plan.replay_from
+            && !self.send_history(&ch, from, plan.after, plan.first_page).await
+        {
+            return false;
         }
         let mut after = plan.after;
         loop {

@@ -678,10 +678,10 @@ async fn bus_sync(
             .filter(|c| !h.has_channel(c) && !subs.contains(c))
             .collect();
         drop(h);
-        if !unsubs.is_empty() {
-            if let Err(e) = bus.unsubscribe(&unsubs).await {
-                tracing::warn!(error = %e, "bus unsubscribe failed");
-            }
+        if !unsubs.is_empty()
+            && let Err(e) = bus.unsubscribe(&unsubs).await
+        {
+            tracing::warn!(error = %e, "bus unsubscribe failed");
         }
         if !subs.is_empty() {
             let r = bus.subscribe(&subs).await;

@@ -49,8 +49,12 @@ fn err(e: IngestError) -> Resp {
     error(e.code, &e.message)
 }
 
-fn bad(message: &str) -> Resp {
-    error(ErrorCode::BadRequest, message)
+fn bad(message: &str) -> IngestError {
+    IngestError::new(ErrorCode::BadRequest, message)
+}
+
+fn bad_channel(name: &str, e: herald_protocol::NameError) -> IngestError {
+    IngestError::new(ErrorCode::BadChannel, format!("{name:?}: {e}"))
 }
 
 /// Whether `path` belongs to the ingest API.
@@ -85,6 +89,13 @@ fn authorized(svc: &IngestService, req: &Request<Incoming>) -> bool {
 }
 
 async fn route(svc: &IngestService, req: Request<Incoming>) -> Resp {
+    match dispatch(svc, req).await {
+        Ok(r) => r,
+        Err(e) => err(e),
+    }
+}
+
+async fn dispatch(svc: &IngestService, req: Request<Incoming>) -> Result<Resp, IngestError> {
     let path = req.uri().path().to_owned();
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let known = matches!(
@@ -96,48 +107,34 @@ async fn route(svc: &IngestService, req: Request<Incoming>) -> Resp {
             | (&Method::GET, ["v1", "channels", _, "presence"])
     );
     if !known {
-        return error(ErrorCode::NotFound, &format!("no route for {} {}", req.method(), path));
+        return Err(IngestError::new(
+            ErrorCode::NotFound,
+            format!("no route for {} {}", req.method(), path),
+        ));
     }
     if !authorized(svc, &req) {
-        return error(ErrorCode::Unauthorized, "missing or wrong API key");
+        return Err(IngestError::new(ErrorCode::Unauthorized, "missing or wrong API key"));
     }
     match segs.as_slice() {
-        ["v1", "publish"] => match body(svc, req).await {
-            Ok(b) => publish(svc, &b).await,
-            Err(r) => r,
-        },
-        ["v1", "signal"] => match body(svc, req).await {
-            Ok(b) => signal(svc, &b).await,
-            Err(r) => r,
-        },
-        ["v1", "positions"] => match body(svc, req).await {
-            Ok(b) => positions(svc, &b).await,
-            Err(r) => r,
-        },
+        ["v1", "publish"] => publish(svc, &body(svc, req).await?).await,
+        ["v1", "signal"] => signal(svc, &body(svc, req).await?).await,
+        ["v1", "positions"] => positions(svc, &body(svc, req).await?).await,
         ["v1", "channels", ch, "messages"] => {
-            let ch = match channel(ch) {
-                Ok(c) => c,
-                Err(r) => return r,
-            };
+            let ch = channel(ch)?;
             history(svc, &ch, req.uri().query().unwrap_or("")).await
         }
         ["v1", "channels", ch, "presence"] => {
-            let ch = match channel(ch) {
-                Ok(c) => c,
-                Err(r) => return r,
-            };
-            match svc.presence(&ch).await {
-                Ok(clients) => json(StatusCode::OK, &PresenceList { clients }),
-                Err(e) => err(e),
-            }
+            let ch = channel(ch)?;
+            let clients = svc.presence(&ch).await?;
+            Ok(json(StatusCode::OK, &PresenceList { clients }))
         }
-        _ => error(ErrorCode::NotFound, "no such route"),
+        _ => Err(IngestError::new(ErrorCode::NotFound, "no such route")),
     }
 }
 
-fn channel(raw: &str) -> Result<ChannelName, Resp> {
+fn channel(raw: &str) -> Result<ChannelName, IngestError> {
     let decoded = percent_decode(raw);
-    ChannelName::new(&decoded).map_err(|e| error(ErrorCode::BadChannel, &format!("{decoded:?}: {e}")))
+    ChannelName::new(&decoded).map_err(|e| bad_channel(&decoded, e))
 }
 
 fn percent_decode(s: &str) -> String {
@@ -145,12 +142,14 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Some(v) = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
+        let hex = (b[i] == b'%' && i + 2 < b.len())
+            .then(|| std::str::from_utf8(&b[i + 1..i + 3]).ok())
+            .flatten()
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        if let Some(v) = hex {
+            out.push(v);
+            i += 3;
+            continue;
         }
         out.push(b[i]);
         i += 1;
@@ -158,14 +157,14 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-async fn body(svc: &IngestService, req: Request<Incoming>) -> Result<Bytes, Resp> {
+async fn body(svc: &IngestService, req: Request<Incoming>) -> Result<Bytes, IngestError> {
     // Room for the largest data plus channel lists and the other fields.
     let max = svc.config().max_data_bytes + 64 * 1024;
     match Limited::new(req.into_body(), max).collect().await {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(error(
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(IngestError::new(
             ErrorCode::TooLarge,
-            &format!("request body is larger than {max} bytes"),
+            format!("request body is larger than {max} bytes"),
         )),
         Err(_) => Err(bad("could not read the request body")),
     }
@@ -182,7 +181,7 @@ struct PublishBody<'a> {
     from: Option<String>,
 }
 
-fn channels_of(one: Option<String>, many: Option<Vec<String>>, max: usize) -> Result<Vec<ChannelName>, Resp> {
+fn channels_of(one: Option<String>, many: Option<Vec<String>>, max: usize) -> Result<Vec<ChannelName>, IngestError> {
     let names = match (one, many) {
         (Some(_), Some(_)) => return Err(bad("give either channel or channels, not both")),
         (None, None) => return Err(bad("missing channel or channels")),
@@ -198,7 +197,7 @@ fn channels_of(one: Option<String>, many: Option<Vec<String>>, max: usize) -> Re
     let mut seen = HashSet::new();
     let mut out = Vec::with_capacity(names.len());
     for n in names {
-        let c = ChannelName::new(&n).map_err(|e| error(ErrorCode::BadChannel, &format!("{n:?}: {e}")))?;
+        let c = ChannelName::new(&n).map_err(|e| bad_channel(&n, e))?;
         if !seen.insert(c.clone()) {
             return Err(bad(&format!("channel {n:?} listed twice")));
         }
@@ -207,39 +206,30 @@ fn channels_of(one: Option<String>, many: Option<Vec<String>>, max: usize) -> Re
     Ok(out)
 }
 
-fn data_of(svc: &IngestService, raw: Option<&RawValue>) -> Result<JsonData, Resp> {
+fn data_of(svc: &IngestService, raw: Option<&RawValue>) -> Result<JsonData, IngestError> {
     let Some(raw) = raw else {
         return Err(bad("missing data"));
     };
     let text = raw.get();
     if text.len() > svc.config().max_data_bytes {
-        return Err(error(
+        return Err(IngestError::new(
             ErrorCode::TooLarge,
-            &format!("data is larger than {} bytes", svc.config().max_data_bytes),
+            format!("data is larger than {} bytes", svc.config().max_data_bytes),
         ));
     }
     JsonData::from_json_text(Bytes::copy_from_slice(text.as_bytes())).map_err(|_| bad("data is not valid JSON"))
 }
 
-fn parse_json<'a, T: Deserialize<'a>>(b: &'a [u8]) -> Result<T, Resp> {
+fn parse_json<'a, T: Deserialize<'a>>(b: &'a [u8]) -> Result<T, IngestError> {
     serde_json::from_slice(b).map_err(|e| bad(&format!("malformed JSON body: {e}")))
 }
 
-async fn publish(svc: &IngestService, b: &[u8]) -> Resp {
-    let body: PublishBody<'_> = match parse_json(b) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
-    let channels = match channels_of(body.channel, body.channels, svc.config().max_publish_channels) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let data = match data_of(svc, body.data) {
-        Ok(d) => d,
-        Err(r) => return r,
-    };
+async fn publish(svc: &IngestService, b: &[u8]) -> Result<Resp, IngestError> {
+    let body: PublishBody<'_> = parse_json(b)?;
+    let channels = channels_of(body.channel, body.channels, svc.config().max_publish_channels)?;
+    let data = data_of(svc, body.data)?;
     if body.key.as_ref().is_some_and(|k| k.is_empty() || k.len() > 256) {
-        return bad("key must be 1 to 256 bytes");
+        return Err(bad("key must be 1 to 256 bytes"));
     }
     let input = PublishInput {
         channels,
@@ -248,17 +238,15 @@ async fn publish(svc: &IngestService, b: &[u8]) -> Resp {
         from: body.from,
         publisher: API_PUBLISHER.into(),
     };
-    match svc.publish(input).await {
-        Ok(a) => json(
-            StatusCode::OK,
-            &PublishAnswer {
-                id: a.id,
-                ts: a.ts,
-                seqs: a.seqs.into_iter().map(|(c, s)| (c.as_str().to_owned(), s)).collect(),
-            },
-        ),
-        Err(e) => err(e),
-    }
+    let a = svc.publish(input).await?;
+    Ok(json(
+        StatusCode::OK,
+        &PublishAnswer {
+            id: a.id,
+            ts: a.ts,
+            seqs: a.seqs.into_iter().map(|(c, s)| (c.as_str().to_owned(), s)).collect(),
+        },
+    ))
 }
 
 #[derive(Deserialize)]
@@ -270,26 +258,13 @@ struct SignalBody<'a> {
     from: Option<String>,
 }
 
-async fn signal(svc: &IngestService, b: &[u8]) -> Resp {
-    let body: SignalBody<'_> = match parse_json(b) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
-    let Some(name) = body.channel else {
-        return bad("missing channel");
-    };
-    let ch = match ChannelName::new(&name) {
-        Ok(c) => c,
-        Err(e) => return error(ErrorCode::BadChannel, &format!("{name:?}: {e}")),
-    };
-    let data = match data_of(svc, body.data) {
-        Ok(d) => d,
-        Err(r) => return r,
-    };
-    match svc.signal(ch, data, body.from).await {
-        Ok(()) => json(StatusCode::ACCEPTED, &serde_json::json!({})),
-        Err(e) => err(e),
-    }
+async fn signal(svc: &IngestService, b: &[u8]) -> Result<Resp, IngestError> {
+    let body: SignalBody<'_> = parse_json(b)?;
+    let name = body.channel.ok_or_else(|| bad("missing channel"))?;
+    let ch = ChannelName::new(&name).map_err(|e| bad_channel(&name, e))?;
+    let data = data_of(svc, body.data)?;
+    svc.signal(ch, data, body.from).await?;
+    Ok(json(StatusCode::ACCEPTED, &serde_json::json!({})))
 }
 
 #[derive(Deserialize)]
@@ -298,52 +273,38 @@ struct PositionsBody {
     channels: Vec<String>,
 }
 
-async fn positions(svc: &IngestService, b: &[u8]) -> Resp {
-    let body: PositionsBody = match parse_json(b) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
+async fn positions(svc: &IngestService, b: &[u8]) -> Result<Resp, IngestError> {
+    let body: PositionsBody = parse_json(b)?;
     if body.channels.len() > MAX_POSITIONS {
-        return bad(&format!("at most {MAX_POSITIONS} channels"));
+        return Err(bad(&format!("at most {MAX_POSITIONS} channels")));
     }
-    let mut chans = Vec::with_capacity(body.channels.len());
-    for n in &body.channels {
-        match ChannelName::new(n) {
-            Ok(c) => chans.push(c),
-            Err(e) => return error(ErrorCode::BadChannel, &format!("{n:?}: {e}")),
-        }
-    }
-    match svc.positions(&chans).await {
-        Ok(p) => {
-            let positions: BTreeMap<String, u64> =
-                chans.iter().zip(p).map(|(c, s)| (c.as_str().to_owned(), s)).collect();
-            json(StatusCode::OK, &PositionsAnswer { positions })
-        }
-        Err(e) => err(e),
-    }
+    let chans = body
+        .channels
+        .iter()
+        .map(|n| ChannelName::new(n).map_err(|e| bad_channel(n, e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let p = svc.positions(&chans).await?;
+    let positions: BTreeMap<String, u64> =
+        chans.iter().zip(p).map(|(c, s)| (c.as_str().to_owned(), s)).collect();
+    Ok(json(StatusCode::OK, &PositionsAnswer { positions }))
 }
 
-async fn history(svc: &IngestService, ch: &ChannelName, query: &str) -> Resp {
+async fn history(svc: &IngestService, ch: &ChannelName, query: &str) -> Result<Resp, IngestError> {
     let mut after = 0u64;
     let mut limit = DEFAULT_HISTORY_LIMIT;
     for part in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = part.split_once('=').unwrap_or((part, ""));
         match k {
-            "after" => match v.parse::<u64>() {
-                Ok(a) => after = a,
-                Err(_) => return bad("after must be a non-negative integer"),
-            },
+            "after" => after = v.parse::<u64>().map_err(|_| bad("after must be a non-negative integer"))?,
             "limit" => match v.parse::<u32>() {
                 Ok(l) if (1..=MAX_HISTORY_LIMIT).contains(&l) => limit = l,
-                _ => return bad(&format!("limit must be 1 to {MAX_HISTORY_LIMIT}")),
+                _ => return Err(bad(&format!("limit must be 1 to {MAX_HISTORY_LIMIT}"))),
             },
             _ => {}
         }
     }
-    match svc.history(ch, after, limit).await {
-        Ok(page) => json(StatusCode::OK, &page),
-        Err(e) => err(e),
-    }
+    let page = svc.history(ch, after, limit).await?;
+    Ok(json(StatusCode::OK, &page))
 }
 
 #[cfg(test)]

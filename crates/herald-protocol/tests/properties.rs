@@ -2,6 +2,7 @@
 //! frames carry the same values in JSON and MessagePack; the pattern matcher
 //! agrees with PROTOCOL.md section 1's reference (an anchored regex); the
 //! decoder never panics on arbitrary bytes.
+#![allow(clippy::unwrap_used)] // test helpers: a failure here is a test failure
 
 use herald_protocol::data::msgpack_to_json;
 use herald_protocol::server::{Message, MessageKind, Signal};

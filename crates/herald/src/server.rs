@@ -42,20 +42,20 @@ fn text(status: StatusCode, body: &'static str) -> Resp {
 impl App {
     async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Resp {
         let path = req.uri().path();
-        if let Some(gw) = &self.gateway {
-            if gw.is_ws_path(path) {
-                return gw.upgrade(req, peer.to_string());
-            }
+        if let Some(gw) = &self.gateway
+            && gw.is_ws_path(path)
+        {
+            return gw.upgrade(req, peer.to_string());
         }
-        if let Some(ingest) = &self.ingest {
-            if herald_ingest::http::is_api_path(path) {
-                return herald_ingest::http::handle(ingest, req).await;
-            }
+        if let Some(ingest) = &self.ingest
+            && herald_ingest::http::is_api_path(path)
+        {
+            return herald_ingest::http::handle(ingest, req).await;
         }
-        if let Some(admin) = &self.admin {
-            if let Some(r) = admin.handle(req.method(), path).await {
-                return r;
-            }
+        if let Some(admin) = &self.admin
+            && let Some(r) = admin.handle(req.method(), path).await
+        {
+            return r;
         }
         if let Some(demo) = &self.demo {
             if req.method() == Method::GET && (path == "/demo" || path == "/demo/") {
