@@ -73,4 +73,21 @@ pub trait Presence: Send + Sync + 'static {
     async fn leave(&self, channel: &ChannelName, conn: &str) -> Result<(), BusError>;
     /// The clients on a channel now.
     async fn list(&self, channel: &ChannelName) -> Result<Vec<ClientInfo>, BusError>;
+
+    /// Re-asserts a node's live entries so they do not expire (called every
+    /// `[presence] ttl / 3`). Default: join each.
+    async fn refresh(&self, entries: &[(ChannelName, ClientInfo)]) -> Result<(), BusError> {
+        for (ch, client) in entries {
+            self.join(ch, client).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes and returns the entries of `channel` whose expiry passed (a
+    /// node that died without cleaning up), so the caller can announce their
+    /// `leave`. Default: nothing expires (in-process presence is cleaned up
+    /// by its own node).
+    async fn expire(&self, _channel: &ChannelName) -> Result<Vec<ClientInfo>, BusError> {
+        Ok(Vec::new())
+    }
 }

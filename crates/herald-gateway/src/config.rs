@@ -206,6 +206,9 @@ pub struct GatewayConfig {
     pub catchup_interval: Duration,
     /// Timeout of each call to ingest (herald's knob, 10 s).
     pub ingest_timeout: Duration,
+    /// `[presence] ttl`: entries of a node that died expire within it; live
+    /// entries are refreshed every third of it.
+    pub presence_ttl: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -217,6 +220,7 @@ impl Default for GatewayConfig {
             gap_timeout: Duration::from_millis(200),
             catchup_interval: Duration::from_secs(5),
             ingest_timeout: Duration::from_secs(10),
+            presence_ttl: Duration::from_secs(30),
         }
     }
 }

@@ -10,7 +10,7 @@
 //!   message after the reply's seq is either replayed or buffered; the reply
 //!   goes first, then the replay, then the buffer, then live messages.
 
-use crate::hub::{AddError, ConnHandle, GoLive, PresencePayload};
+use crate::hub::{AddError, ConnHandle, GoLive};
 use crate::ingest::PublishCall;
 use crate::metrics as m;
 use crate::outbox::{Outbox, Take};
@@ -19,7 +19,7 @@ use crate::Inner;
 use bytes::{Bytes, BytesMut};
 use fastwebsockets::{OpCode, WebSocketError};
 use herald_auth::{ConnClaims, GrantOp};
-use herald_protocol::bus::{Envelope, Kind, ENVELOPE_VERSION};
+use herald_protocol::bus::Envelope;
 use herald_protocol::server::{
     ClientInfo, Disconnect, Empty, ErrorRef, Pong, PresenceList, ReplyErr, ReplyOk, SubResult,
     Unsubscribed, Welcome,
@@ -144,6 +144,7 @@ pub async fn run(gw: Arc<Inner>, rd: Reader, wr: Writer, hs: Handshake) {
         id,
         enc: hs.enc,
         outbox: Outbox::new(gw.cfg.limits.max_queue_bytes),
+        client: std::sync::OnceLock::new(),
     });
     let done = CancellationToken::new();
     let writer = write_loop(wr, handle.clone(), done.clone());
@@ -263,6 +264,11 @@ async fn read_side(
         linger(wsr, &done).await;
         return;
     }
+    let _ = handle.client.set(ClientInfo {
+        sub: claims.sub.clone(),
+        conn: handle.id.to_string(),
+        info: claims.info.clone(),
+    });
     m::connections().increment(1.0);
     let span = tracing::debug_span!("conn", conn = %handle.id, sub = %claims.sub, node = %gw.cfg.node_id, peer = %hs.peer);
     let _enter = span.enter();
@@ -798,21 +804,7 @@ impl Conn {
     }
 
     async fn presence_event(&self, ch: &ChannelName, event: &str, client: ClientInfo) {
-        let payload = PresencePayload { event: event.into(), client };
-        let data = serde_json::to_vec(&payload).expect("presence payload serializes");
-        let env = Envelope {
-            v: ENVELOPE_VERSION,
-            k: Kind::Presence,
-            ch: ch.clone(),
-            seq: None,
-            id: None,
-            ts: None,
-            from: None,
-            data: Bytes::from(data),
-        };
-        if let Err(e) = self.gw.bus.publish(&env).await {
-            tracing::warn!(channel = %ch, error = %e, "presence event publish failed");
-        }
+        crate::hub::publish_presence(&*self.gw.bus, ch, event, client).await;
     }
 
     async fn refresh(&mut self, id: i64, token: &str) -> Result<(), ReqError> {

@@ -40,6 +40,8 @@ pub struct ConnHandle {
     pub enc: Encoding,
     /// Its outbound queue.
     pub outbox: Outbox,
+    /// Who it is in presence; set once the token is verified.
+    pub client: OnceLock<ClientInfo>,
 }
 
 /// A message on its way to subscribers, encoded lazily once per encoding.
@@ -136,6 +138,25 @@ impl Ephemeral {
                 },
             ),
         })
+    }
+}
+
+/// Publishes a presence `join` or `leave` event on the bus.
+pub async fn publish_presence(bus: &dyn herald_bus::Bus, ch: &ChannelName, event: &str, client: ClientInfo) {
+    let payload = PresencePayload { event: event.into(), client };
+    let data = serde_json::to_vec(&payload).expect("presence payload serializes");
+    let env = Envelope {
+        v: herald_protocol::bus::ENVELOPE_VERSION,
+        k: Kind::Presence,
+        ch: ch.clone(),
+        seq: None,
+        id: None,
+        ts: None,
+        from: None,
+        data: Bytes::from(data),
+    };
+    if let Err(e) = bus.publish(&env).await {
+        tracing::warn!(channel = %ch, error = %e, "presence event publish failed");
     }
 }
 
@@ -551,6 +572,31 @@ impl Hub {
         }
     }
 
+    /// Every local (channel, client) pair, for presence refresh.
+    pub fn presence_entries(&self) -> Vec<(ChannelName, ClientInfo)> {
+        let mut out = Vec::new();
+        for s in self.shards.iter() {
+            let s = s.lock().unwrap_or_else(|e| e.into_inner());
+            for (ch, chan) in s.iter() {
+                for sub in &chan.subs {
+                    if let Some(c) = sub.conn.client.get() {
+                        out.push((ch.clone(), c.clone()));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Channels with local subscribers.
+    pub fn channel_names(&self) -> Vec<ChannelName> {
+        let mut out = Vec::new();
+        for s in self.shards.iter() {
+            out.extend(s.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned());
+        }
+        out
+    }
+
     /// Number of channels with local subscribers.
     pub fn channel_count(&self) -> usize {
         self.shards
@@ -778,6 +824,7 @@ mod tests {
                 id: Arc::from(format!("c{num}")),
                 enc: Encoding::Json,
                 outbox: Outbox::new(1 << 20),
+                client: OnceLock::new(),
             });
             self.hub.add(&ch(), &conn, false, None).unwrap();
             self.hub.bus_ready(&ch()).await.unwrap();
@@ -892,7 +939,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn cap_refuses_past_the_limit() {
         let f = Fixture::new();
-        let conn = |n: u64| Arc::new(ConnHandle { num: n, id: Arc::from("x"), enc: Encoding::Json, outbox: Outbox::new(10) });
+        let conn = |n: u64| Arc::new(ConnHandle { num: n, id: Arc::from("x"), enc: Encoding::Json, outbox: Outbox::new(10), client: OnceLock::new() });
         assert!(f.hub.add(&ch(), &conn(1), false, Some(1)).is_ok());
         assert_eq!(f.hub.add(&ch(), &conn(2), false, Some(1)), Err(AddError::Cap));
         assert!(f.hub.remove(&ch(), 1));

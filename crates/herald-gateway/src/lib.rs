@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`config`]: limits (PROTOCOL.md section 7), routes, repair timing.
 //! - [`ingest`]: the [`Ingest`] trait through which publishes and history go.
+//! - [`http_ingest`]: [`Ingest`] over HTTP, for `herald gateway`.
 //! - [`hub`]: sharded channel -> subscribers table, ordering by seq, gap fill.
 //! - [`conn`]: one task per connection (reader + writer).
 //! - [`outbox`]: the byte-bounded outbound queue.
@@ -15,6 +16,7 @@
 
 pub mod config;
 pub mod conn;
+pub mod http_ingest;
 pub mod hub;
 pub mod ingest;
 pub mod metrics;
@@ -172,6 +174,35 @@ impl Gateway {
                 tick.tick().await;
                 let Some(hub) = weak.upgrade() else { return };
                 hub.catch_up().await;
+            }
+        });
+        // Presence across nodes: keep this node's entries alive, and
+        // announce the leave of entries whose node died (DESIGN.md
+        // `[presence] ttl`).
+        let weak = Arc::downgrade(&inner);
+        let every = (inner.cfg.presence_ttl / 3).max(Duration::from_millis(100));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                let entries = inner.hub.presence_entries();
+                if !entries.is_empty()
+                    && let Err(e) = inner.presence.refresh(&entries).await
+                {
+                    tracing::warn!(error = %e, "presence refresh failed");
+                }
+                for ch in inner.hub.channel_names() {
+                    match inner.presence.expire(&ch).await {
+                        Ok(gone) => {
+                            for client in gone {
+                                hub::publish_presence(&*inner.bus, &ch, "leave", client).await;
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, channel = %ch, "presence expiry failed"),
+                    }
+                }
             }
         });
         Self { inner }

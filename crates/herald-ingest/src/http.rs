@@ -21,6 +21,10 @@ use subtle::ConstantTimeEq;
 /// this scope (one API key, one owner).
 pub const API_PUBLISHER: &str = "api:default";
 
+/// Header with which a gateway names the WebSocket client it publishes for
+/// (the same name as the gateway's `herald_gateway::http_ingest`).
+pub const PUBLISHER_HEADER: &str = "herald-publisher";
+
 type Resp = Response<Full<Bytes>>;
 
 /// A JSON response.
@@ -116,7 +120,18 @@ async fn dispatch(svc: &IngestService, req: Request<Incoming>) -> Result<Resp, I
         return Err(IngestError::new(ErrorCode::Unauthorized, "missing or wrong API key"));
     }
     match segs.as_slice() {
-        ["v1", "publish"] => publish(svc, &body(svc, req).await?).await,
+        ["v1", "publish"] => {
+            // A gateway forwarding a client publish names the client, so the
+            // key is scoped to that user (PROTOCOL.md section 8).
+            let publisher = req
+                .headers()
+                .get(PUBLISHER_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| !v.is_empty())
+                .map(|v| format!("sub:{v}"))
+                .unwrap_or_else(|| API_PUBLISHER.to_owned());
+            publish(svc, &body(svc, req).await?, publisher).await
+        }
         ["v1", "signal"] => signal(svc, &body(svc, req).await?).await,
         ["v1", "positions"] => positions(svc, &body(svc, req).await?).await,
         ["v1", "channels", ch, "messages"] => {
@@ -224,7 +239,7 @@ fn parse_json<'a, T: Deserialize<'a>>(b: &'a [u8]) -> Result<T, IngestError> {
     serde_json::from_slice(b).map_err(|e| bad(&format!("malformed JSON body: {e}")))
 }
 
-async fn publish(svc: &IngestService, b: &[u8]) -> Result<Resp, IngestError> {
+async fn publish(svc: &IngestService, b: &[u8], publisher: String) -> Result<Resp, IngestError> {
     let body: PublishBody<'_> = parse_json(b)?;
     let channels = channels_of(body.channel, body.channels, svc.config().max_publish_channels)?;
     let data = data_of(svc, body.data)?;
@@ -236,7 +251,7 @@ async fn publish(svc: &IngestService, b: &[u8]) -> Result<Resp, IngestError> {
         data,
         key: body.key,
         from: body.from,
-        publisher: API_PUBLISHER.into(),
+        publisher,
     };
     let a = svc.publish(input).await?;
     Ok(json(
