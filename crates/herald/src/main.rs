@@ -66,7 +66,11 @@ fn load_config(common: &Common) -> anyhow::Result<Config> {
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => b.json().try_init(),
         LogFormat::Human => b.try_init(),
@@ -176,13 +180,6 @@ async fn dev(common: Common) -> anyhow::Result<()> {
 
     let listener = TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
-    let draining = Arc::new(AtomicBool::new(false));
-    let admin = admin::Admin {
-        metrics,
-        gateway: Some(gateway.clone()),
-        ingest: Some(ingest.clone()),
-        draining: draining.clone(),
-    };
     let minter = herald_auth::Minter::hs256(secret.as_bytes());
     let now = i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs())?;
     let mint = |spec: herald_auth::TokenSpec| minter.mint(&spec.to_claims(now)).map_err(|e| anyhow!("{e}"));
@@ -215,20 +212,11 @@ async fn dev(common: Common) -> anyhow::Result<()> {
     let app = server::App {
         gateway: Some(gateway.clone()),
         ingest: Some(ingest.clone()),
-        admin: if cfg.admin_listen.is_some() { None } else { Some(admin.clone()) },
+        admin: None,
         demo: Some(demo),
     };
-    let stop = CancellationToken::new();
-    let mut servers = Vec::new();
-    if let Some(a) = &cfg.admin_listen {
-        let l = TcpListener::bind(a).await.with_context(|| format!("cannot listen on {a}"))?;
-        let app = server::App { gateway: None, ingest: None, admin: Some(admin), demo: None };
-        servers.push(tokio::spawn(server::serve(l, app, stop.clone())));
-    }
-    let public = tokio::spawn(server::serve(listener, app, stop.clone()));
-
     let host = addr.to_string();
-    println!(
+    let banner = format!(
         "herald dev listening on http://{host}\n\
          \n  demo page:   http://{host}/demo\
          \n  store:       {db_url}\
@@ -240,17 +228,73 @@ async fn dev(common: Common) -> anyhow::Result<()> {
          \n  publish: curl -s -H 'Authorization: Bearer {api_key}' -H 'Content-Type: application/json' \\\
          \n             -d '{{\"channel\":\"chat_demo\",\"data\":{{\"content\":\"hello\",\"role\":\"user\"}}}}' http://{host}/v1/publish\n"
     );
-    tracing::info!(listen = %host, store = %db_url, "herald dev ready");
+    serve_node(Node {
+        what: "dev",
+        public: listener,
+        app,
+        admin_listen: cfg.admin_listen.clone(),
+        metrics,
+        gateway: Some(gateway),
+        ingest: Some(ingest),
+        banner: Some(banner),
+    })
+    .await
+}
+
+/// A process's listeners and parts, served until SIGTERM/SIGINT.
+struct Node {
+    what: &'static str,
+    public: TcpListener,
+    app: server::App,
+    /// A separate admin listener; `None` serves admin routes on `public`.
+    admin_listen: Option<String>,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+    gateway: Option<Gateway>,
+    ingest: Option<Arc<IngestService>>,
+    banner: Option<String>,
+}
+
+/// Serves a node, then drains it on SIGTERM (DESIGN.md guarantee 6): not
+/// ready, stop accepting, close clients with 1012 over the drain window,
+/// exit 0.
+async fn serve_node(node: Node) -> anyhow::Result<()> {
+    let draining = Arc::new(AtomicBool::new(false));
+    let admin = admin::Admin {
+        metrics: node.metrics,
+        gateway: node.gateway.clone(),
+        ingest: node.ingest.clone(),
+        draining: draining.clone(),
+    };
+    let stop = CancellationToken::new();
+    let mut servers = Vec::new();
+    let mut app = node.app;
+    match &node.admin_listen {
+        Some(a) => {
+            let l = TcpListener::bind(a).await.with_context(|| format!("cannot listen on {a} (admin)"))?;
+            tracing::info!(admin = %l.local_addr()?, "admin listener");
+            let admin_app = server::App { gateway: None, ingest: None, admin: Some(admin), demo: None };
+            // The admin port stays up through the drain so /readyz can say 503.
+            servers.push(tokio::spawn(server::serve(l, admin_app, CancellationToken::new())));
+        }
+        None => app.admin = Some(admin),
+    }
+    let addr = node.public.local_addr()?;
+    let public = tokio::spawn(server::serve(node.public, app, stop.clone()));
+    if let Some(b) = node.banner {
+        println!("{b}");
+    }
+    tracing::info!(listen = %addr, "herald {} ready", node.what);
 
     shutdown_signal().await;
-    tracing::info!("SIGTERM: draining");
+    tracing::info!("shutdown signal: draining");
     draining.store(true, std::sync::atomic::Ordering::SeqCst);
-    // Stop accepting, then close clients at an even pace over the window.
     stop.cancel();
-    gateway.drain().await;
+    if let Some(gw) = &node.gateway {
+        gw.drain().await;
+    }
     let _ = public.await;
     for s in servers {
-        let _ = s.await;
+        s.abort();
     }
     tracing::info!("drained; bye");
     Ok(())
