@@ -152,13 +152,33 @@ pub async fn run(gw: Arc<Inner>, rd: Reader, wr: Writer, hs: Handshake) {
     tokio::join!(writer, reader);
 }
 
+/// How long a write blocked on a non-reading client may go on after the
+/// connection was told to close.
+const STUCK_WRITE_GRACE: Duration = Duration::from_secs(2);
+
 async fn write_loop(mut wr: Writer, h: Arc<ConnHandle>, done: CancellationToken) {
     loop {
         match h.outbox.take().await {
             Take::Frames(frames) => {
                 let n = frames.len() as u64;
                 let bytes: usize = frames.iter().map(Bytes::len).sum();
-                if write_all_vectored(&mut wr, &frames).await.is_err() {
+                let write = write_all_vectored(&mut wr, &frames);
+                tokio::pin!(write);
+                let ok = tokio::select! {
+                    r = &mut write => r.is_ok(),
+                    // A close was requested while this write waits on a
+                    // client that does not read (the slow consumer of
+                    // DESIGN.md guarantee 4): give it a moment, then drop
+                    // the socket rather than hold the task forever.
+                    _ = h.outbox.closed() => matches!(
+                        tokio::time::timeout(STUCK_WRITE_GRACE, &mut write).await,
+                        Ok(Ok(()))
+                    ),
+                };
+                if !ok {
+                    if let Some(code) = h.outbox.close_code() {
+                        m::disconnects(code.label()).increment(1);
+                    }
                     h.outbox.mark_dead();
                     break;
                 }

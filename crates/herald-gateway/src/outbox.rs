@@ -171,6 +171,17 @@ impl Outbox {
         }
     }
 
+    /// Resolves once a close was requested or the socket is gone.
+    pub async fn closed(&self) {
+        loop {
+            let notified = self.drained.notified();
+            if self.is_closing() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// Waits until the queue is empty, or the connection closes. Returns
     /// false when it closed.
     pub async fn wait_drained(&self) -> bool {
