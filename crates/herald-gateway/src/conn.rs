@@ -33,6 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// Boxed read half (the upgraded TCP stream, or a generic split).
 pub type Reader = Box<dyn AsyncRead + Unpin + Send>;
@@ -291,7 +292,6 @@ async fn read_side(
     });
     m::connections().increment(1.0);
     let span = tracing::debug_span!("conn", conn = %handle.id, sub = %claims.sub, node = %gw.cfg.node_id, peer = %hs.peer);
-    let _enter = span.enter();
     let expires = expiry_deadline(&claims, gw.verifier.leeway());
     let mut conn = Conn {
         gw: gw.clone(),
@@ -300,14 +300,16 @@ async fn read_side(
         subs: HashMap::new(),
         expires,
     };
-    drop(_enter);
-
-    if conn.welcome(&hs).await {
-        conn.serve(wsr, &done).await;
-    } else {
-        linger(wsr, &done).await;
+    async {
+        if conn.welcome(&hs).await {
+            conn.serve(wsr, &done).await;
+        } else {
+            linger(wsr, &done).await;
+        }
+        conn.cleanup().await;
     }
-    conn.cleanup().await;
+    .instrument(span)
+    .await;
     gw.unregister(&handle, &conn.claims.sub);
     m::connections().decrement(1.0);
 }
@@ -511,6 +513,11 @@ impl Conn {
 
     /// Sends seqs `from..=to` of a channel from history, page by page at the
     /// pace the client reads (outside the queue bound, PROTOCOL.md section 5).
+    ///
+    /// The seqs must be contiguous. If history lacks one (evicted between
+    /// the reply and this read), the client cannot get it from us any more:
+    /// it is asked to reconnect (1012), and its `since` then gets
+    /// `recovered:false`, so the loss is never silent (DESIGN.md guarantee 3).
     async fn send_history(
         &self,
         ch: &ChannelName,
@@ -523,7 +530,6 @@ impl Conn {
             if page.is_empty() {
                 let limit = u32::try_from((to - next + 1).min(500)).unwrap_or(500);
                 match self.gw.ingest_history(ch, next - 1, limit).await {
-                    Ok(p) if p.messages.is_empty() => return true,
                     Ok(p) => page = p.messages,
                     Err(e) => {
                         tracing::warn!(channel = %ch, error = %e, "replay read failed; asking the client to reconnect");
@@ -532,15 +538,26 @@ impl Conn {
                     }
                 }
             }
+            let mut progressed = false;
             for mut msg in page.drain(..) {
                 if msg.seq < next || msg.seq > to {
                     continue;
                 }
+                if msg.seq != next {
+                    break;
+                }
                 next = msg.seq + 1;
+                progressed = true;
                 msg.kind = Some(herald_protocol::server::MessageKind::Message);
                 if !self.handle.outbox.push_unbounded(ws::encode_frame(self.enc(), &msg)) {
                     return false;
                 }
+            }
+            if !progressed && next <= to {
+                tracing::warn!(channel = %ch, missing = next, "history lost a seq during replay; asking the client to reconnect");
+                m::replay_holes().increment(1);
+                self.handle.outbox.close(CloseCode::ServiceRestart);
+                return false;
             }
             if !self.handle.outbox.wait_drained().await {
                 return false;
@@ -628,7 +645,13 @@ impl Conn {
                                     break None;
                                 }
                                 match rate.take(std::time::Instant::now()) {
-                                    Ok(true) => self.on_request(&msg).await,
+                                    Ok(true) => {
+                                        self.on_request(&msg).await;
+                                        // We did not read while handling it
+                                        // (a replay, a slow ingest): that
+                                        // silence is ours, not the client's.
+                                        last_recv = tokio::time::Instant::now();
+                                    }
                                     Ok(false) => {
                                         let id = decode_request(self.enc(), &msg, self.decode_limits())
                                             .map(|r| Some(r.id))
@@ -767,6 +790,19 @@ impl Conn {
         since: Option<u64>,
         token: Option<String>,
     ) -> Result<(), ReqError> {
+        if self.subs.contains_key(&ch) {
+            // Already held: channel and seq only, nothing changes or replays.
+            let seq = self
+                .gw
+                .ingest_positions(std::slice::from_ref(&ch))
+                .await
+                .map_err(|e| ReqError::new(e.code, e.message))?
+                .first()
+                .copied()
+                .unwrap_or(0);
+            self.reply_ok(id, &SubResult { channel: ch, seq, recovered: None, replayed: None });
+            return Ok(());
+        }
         let via_sub_token = if self.claims.allows(GrantOp::Subscribe, &ch) {
             false
         } else {
@@ -781,19 +817,6 @@ impl Conn {
                 None => return Err(forbidden("subscribe to", &ch)),
             }
         };
-        if self.subs.contains_key(&ch) {
-            // Already held: channel and seq only, nothing changes or replays.
-            let seq = self
-                .gw
-                .ingest_positions(std::slice::from_ref(&ch))
-                .await
-                .map_err(|e| ReqError::new(e.code, e.message))?
-                .first()
-                .copied()
-                .unwrap_or(0);
-            self.reply_ok(id, &SubResult { channel: ch, seq, recovered: None, replayed: None });
-            return Ok(());
-        }
         if self.subs.len() >= self.gw.cfg.limits.max_subscriptions_per_connection {
             return Err(ReqError::new(
                 ErrorCode::LimitReached,

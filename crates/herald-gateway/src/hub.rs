@@ -496,7 +496,6 @@ impl Hub {
             match self.ingest.history(ch, after, 1000).await {
                 Ok(page) => {
                     m::gap_fills().increment(1);
-                    let got_any = !page.messages.is_empty();
                     for item in page.messages {
                         if item.channel != *ch {
                             continue;
@@ -505,11 +504,12 @@ impl Hub {
                     }
                     let mut shard = self.shard(ch.as_str());
                     let Some(chan) = shard.get_mut(ch) else { return };
-                    if !got_any {
-                        // History has nothing after `last`: what lies beyond
-                        // was evicted or never committed, and nothing can
-                        // fill it. Skip to the first pending message so
-                        // delivery goes on; with none pending, stop.
+                    if chan.last == Some(after) {
+                        // No progress: seq `after + 1` is not in history
+                        // (evicted by retention, or never committed), and
+                        // nothing can fill it. Skip to the earliest message
+                        // that exists (held in `pending` now) so delivery
+                        // goes on; with none, stop.
                         match chan.pending.first_key_value() {
                             Some((&first, _)) => {
                                 tracing::warn!(channel = %ch, from = after + 1, to = first - 1, "gap not in history; skipping");

@@ -59,6 +59,11 @@ pub fn gaps_skipped() -> Counter {
 pub fn catchups() -> Counter {
     counter!("herald_catchup_repairs_total")
 }
+/// Replays cut short because history lost a seq meanwhile (client told to
+/// reconnect with 1012).
+pub fn replay_holes() -> Counter {
+    counter!("herald_replay_holes_total")
+}
 /// Bus envelopes that could not be read.
 pub fn bad_envelopes() -> Counter {
     counter!("herald_bus_bad_envelopes_total")
@@ -82,4 +87,5 @@ pub fn describe() {
     describe_counter!("herald_gaps_unfillable_total", "Gaps beyond retained history");
     describe_counter!("herald_catchup_repairs_total", "Channels found behind by catch-up");
     describe_counter!("herald_bus_bad_envelopes_total", "Unreadable bus envelopes");
+    describe_counter!("herald_replay_holes_total", "Replays cut short by a seq missing from history");
 }

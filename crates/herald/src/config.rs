@@ -46,10 +46,8 @@ pub struct Config {
     /// `[[routes]]`.
     #[serde(default)]
     pub routes: Vec<RouteSection>,
-    /// `[presence]` (read by the Redis presence of the scale-out work;
-    /// validated now so a deployment's file is checked today).
+    /// `[presence]`.
     #[serde(default)]
-    #[allow(dead_code)]
     pub presence: PresenceSection,
 }
 
@@ -275,6 +273,15 @@ fn scalar(key: &str, v: &str) -> anyhow::Result<toml::Value> {
         }
         return Ok(toml::Value::Table(t));
     }
+    // Keys whose type is text stay text even when they look like a number
+    // (`--jwt-secret 123456`, `--node-id 1`); durations accept text too.
+    const TEXT: &[&str] = &[
+        "listen", "admin_listen", "redis_url", "database_url", "ingest_url", "node_id",
+        "jwt_secret", "api_key", "log_format", "prefix", "audience", "issuer",
+    ];
+    if TEXT.contains(&key) {
+        return Ok(toml::Value::String(v.to_owned()));
+    }
     if let Ok(i) = v.parse::<i64>() {
         return Ok(toml::Value::Integer(i));
     }
@@ -389,6 +396,12 @@ impl Config {
         positive("max_queue_bytes", l.max_queue_bytes as u64)?;
         positive("rate_per_second", u64::from(l.rate_per_second))?;
         positive("rate_burst", u64::from(l.rate_burst))?;
+        if self.bus.catchup_interval.is_zero() {
+            bail!("bus.catchup_interval must be greater than 0");
+        }
+        if self.presence.ttl.is_zero() {
+            bail!("presence.ttl must be greater than 0");
+        }
         if l.heartbeat_interval.is_zero() || l.heartbeat_timeout <= l.heartbeat_interval {
             bail!("limits.heartbeat_timeout must be longer than limits.heartbeat_interval, which must be > 0");
         }
@@ -479,6 +492,16 @@ mod tests {
         let e = load(None, &[], &[ov("limits.max_queue_bytes", "lots")]).unwrap_err();
         assert!(format!("{e:#}").contains("max_queue_bytes"), "{e:#}");
         let e = load(None, &[], &[ov("bus.catchup_interval", "5 parsecs")]).unwrap_err();
+        assert!(format!("{e:#}").contains("catchup_interval"), "{e:#}");
+    }
+
+    #[test]
+    fn text_keys_stay_text() {
+        let c = load(None, &[ov("jwt_secret", "123456")], &[ov("node_id", "1"), ov("api_key", "true")]).unwrap();
+        assert_eq!(c.jwt_secret.as_deref(), Some("123456"));
+        assert_eq!(c.node_id.as_deref(), Some("1"));
+        assert_eq!(c.api_key.as_deref(), Some("true"));
+        let e = load(None, &[], &[ov("bus.catchup_interval", "0")]).unwrap().gateway_limits().unwrap_err();
         assert!(format!("{e:#}").contains("catchup_interval"), "{e:#}");
     }
 

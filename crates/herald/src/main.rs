@@ -80,42 +80,132 @@ fn init_logs(format: LogFormat) {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Dev(c) => dev(c).await,
-        Command::Gateway(c) => needs_redis("gateway", &c),
-        Command::Ingest(c) => needs_redis("ingest", &c),
+        Command::Gateway(c) => gateway_cmd(c).await,
+        Command::Ingest(c) => ingest_cmd(c).await,
         Command::Token(t) => token(t),
     }
 }
 
-/// `herald gateway` and `herald ingest` validate their configuration, then
-/// say what they need: the Redis bus arrives with the scale-out work.
-fn needs_redis(what: &str, common: &Common) -> anyhow::Result<()> {
-    let cfg = load_config(common)?;
-    cfg.gateway_limits()?;
-    cfg.gateway_routes()?;
-    if what == "gateway" {
-        herald_auth::Verifier::new(&cfg.auth_config()).map_err(|e| anyhow!("auth configuration: {e}"))?;
+fn require(v: &Option<String>, what: &str) -> anyhow::Result<String> {
+    v.clone().filter(|s| !s.is_empty()).ok_or_else(|| anyhow!("{what} is required"))
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "herald".into())
+}
+
+async fn redis(cfg: &Config) -> anyhow::Result<(Arc<dyn Bus>, Arc<dyn Presence>)> {
+    let url = require(&cfg.redis_url, "--redis-url (HERALD_REDIS_URL)")?;
+    let bus = herald_bus::redis::RedisBus::connect(herald_bus::redis::RedisBusConfig {
+        url: url.clone(),
+        prefix: cfg.bus.prefix.clone(),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| anyhow!("connecting to Redis at {url}: {e}"))?;
+    let presence = bus.presence(cfg.presence.ttl);
+    Ok((Arc::new(bus), Arc::new(presence)))
+}
+
+/// `herald ingest`: the HTTP API over PostgreSQL (or SQLite for one node)
+/// and the Redis bus.
+async fn ingest_cmd(common: Common) -> anyhow::Result<()> {
+    let cfg = load_config(&common)?;
+    init_logs(cfg.log_format.unwrap_or(LogFormat::Human));
+    let listen = cfg.listen.clone().unwrap_or_else(|| "0.0.0.0:8081".into());
+    let admin_listen = cfg.admin_listen.clone().unwrap_or_else(|| "0.0.0.0:9091".into());
+    let db_url = require(&cfg.database_url, "--database-url (HERALD_DATABASE_URL)")?;
+    let api_key = require(&cfg.api_key, "--api-key (HERALD_API_KEY)")?;
+    let node_id = cfg.node_id.clone().unwrap_or_else(hostname);
+    let limits = cfg.gateway_limits()?;
+    let metrics = admin::install_metrics(&node_id)?;
+    let store = herald_store::open(&db_url, cfg.store_config())
+        .await
+        .with_context(|| format!("opening the store at {db_url}"))?;
+    let (bus, presence) = redis(&cfg).await?;
+    let ingest = IngestService::new(
+        IngestConfig { api_key, max_data_bytes: limits.max_data_bytes, ..IngestConfig::default() },
+        store,
+        bus,
+        presence,
+    );
+    let public = TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let app = server::App { gateway: None, ingest: Some(ingest.clone()), admin: None, demo: None };
+    serve_node(Node {
+        what: "ingest",
+        public,
+        app,
+        admin_listen: Some(admin_listen),
+        metrics,
+        gateway: None,
+        ingest: Some(ingest),
+        banner: None,
+    })
+    .await
+}
+
+/// `herald gateway`: WebSocket clients, the Redis bus, ingest over HTTP.
+async fn gateway_cmd(common: Common) -> anyhow::Result<()> {
+    let cfg = load_config(&common)?;
+    init_logs(cfg.log_format.unwrap_or(LogFormat::Human));
+    let listen = cfg.listen.clone().unwrap_or_else(|| "0.0.0.0:8080".into());
+    let admin_listen = cfg.admin_listen.clone().unwrap_or_else(|| "0.0.0.0:9090".into());
+    let ingest_url = require(&cfg.ingest_url, "--ingest-url (HERALD_INGEST_URL)")?;
+    let api_key = require(&cfg.api_key, "--api-key (HERALD_API_KEY), the key the gateway sends to ingest")?;
+    let node_id = cfg.node_id.clone().unwrap_or_else(hostname);
+    let mut limits = cfg.gateway_limits()?;
+    if let Some(fds) = raise_fd_limit() {
+        limits.max_connections = limits.max_connections.min(fd_connection_cap(fds));
     }
-    let missing: Vec<&str> = [
-        ("--redis-url", cfg.redis_url.is_none()),
-        ("--ingest-url", what == "gateway" && cfg.ingest_url.is_none()),
-        ("--database-url", what == "ingest" && cfg.database_url.is_none()),
-    ]
-    .into_iter()
-    .filter_map(|(f, m)| m.then_some(f))
-    .collect();
-    if !missing.is_empty() {
-        tracing::debug!(missing = ?missing, "settings missing");
-    }
-    bail!(
-        "herald {what} needs Redis (--redis-url / HERALD_REDIS_URL){}, and this build has no Redis bus yet; \
-         run `herald dev` for a single node (in-process bus, SQLite)",
-        if what == "gateway" { " and an ingest URL (--ingest-url)" } else { " and a database (--database-url)" }
-    )
+    let routes = cfg.gateway_routes()?;
+    let verifier = herald_auth::Verifier::new(&cfg.auth_config()).map_err(|e| anyhow!("auth configuration: {e}"))?;
+    let metrics = admin::install_metrics(&node_id)?;
+    let (bus, presence) = redis(&cfg).await?;
+    let ingest = Arc::new(herald_gateway::http_ingest::HttpIngest::new(&ingest_url, &api_key));
+    let gateway = Gateway::new(
+        GatewayConfig {
+            node_id,
+            limits,
+            routes,
+            gap_timeout: cfg.bus.gap_timeout,
+            catchup_interval: cfg.bus.catchup_interval,
+            presence_ttl: cfg.presence.ttl,
+            ..GatewayConfig::default()
+        },
+        verifier,
+        ingest,
+        bus,
+        presence,
+    );
+    let public = TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let app = server::App { gateway: Some(gateway.clone()), ingest: None, admin: None, demo: None };
+    serve_node(Node {
+        what: "gateway",
+        public,
+        app,
+        admin_listen: Some(admin_listen),
+        metrics,
+        gateway: Some(gateway),
+        ingest: None,
+        banner: None,
+    })
+    .await
 }
 
 fn random_hex(n: usize) -> String {
     let mut rng = rand::rng();
     (0..n).map(|_| format!("{:x}", rng.random_range(0..16u8))).collect()
+}
+
+/// The connection cap the fd limit allows: the limit minus 1000 for files,
+/// sockets to Redis/ingest/the store (PROTOCOL.md section 7); half of a
+/// small limit.
+fn fd_connection_cap(fds: u64) -> usize {
+    let cap = if fds > 2000 { fds - 1000 } else { fds / 2 };
+    usize::try_from(cap).unwrap_or(usize::MAX).max(1)
 }
 
 /// Raises the soft fd limit to the hard one and returns it.
@@ -135,13 +225,12 @@ async fn dev(common: Common) -> anyhow::Result<()> {
     let db_url = cfg.database_url.clone().unwrap_or_else(|| "sqlite://herald-dev.db".into());
     let secret = cfg.jwt_secret.clone().unwrap_or_else(|| random_hex(32));
     cfg.jwt_secret = Some(secret.clone());
-    let api_key = cfg.api_key.clone().unwrap_or_else(|| random_hex(32));
+    let api_key = cfg.api_key.clone().filter(|k| !k.is_empty()).unwrap_or_else(|| random_hex(32));
     let node_id = cfg.node_id.clone().unwrap_or_else(|| "dev".into());
 
     let mut limits = cfg.gateway_limits()?;
     if let Some(fds) = raise_fd_limit() {
-        let cap = usize::try_from(fds.saturating_sub(1000)).unwrap_or(usize::MAX).max(1);
-        limits.max_connections = limits.max_connections.min(cap);
+        limits.max_connections = limits.max_connections.min(fd_connection_cap(fds));
     }
     let routes = cfg.gateway_routes()?;
     let verifier = herald_auth::Verifier::new(&cfg.auth_config()).map_err(|e| anyhow!("auth configuration: {e}"))?;
@@ -168,6 +257,7 @@ async fn dev(common: Common) -> anyhow::Result<()> {
         routes,
         gap_timeout: cfg.bus.gap_timeout,
         catchup_interval: cfg.bus.catchup_interval,
+        presence_ttl: cfg.presence.ttl,
         ..GatewayConfig::default()
     };
     let gateway = Gateway::new(
