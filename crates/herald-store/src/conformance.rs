@@ -1,0 +1,697 @@
+//! The conformance suite: what every [`Store`] backend must do, checked the
+//! same way against each (STYLE.md: conformance suites take a factory).
+//!
+//! Each check is a `pub async fn` taking the store under test, so a test
+//! file can give every check its own `#[tokio::test]` per backend; [`checks`]
+//! lists them with the [`StoreConfig`] each needs ([`config_for`]), and
+//! [`run_all`] runs them all against a factory.
+//!
+//! Rules the checks keep:
+//! - Channel names and keys carry a random suffix, so checks may run one
+//!   after another on one store without seeing each other's rows (not at the
+//!   same time: `prune` checks delete every expired row).
+//! - No sleeps: time-based behaviour (key expiry, age retention) is driven by
+//!   the request's `ts` and `prune`'s `now_ms`, not by waiting.
+//! - Concurrency checks run on several tasks; call them from a
+//!   multi-threaded runtime for real parallelism.
+//!
+//! Panics on failure (it is a test suite).
+
+use crate::{AppendRequest, Appended, Store, StoreConfig, StoreError, now_ms};
+use bytes::Bytes;
+use herald_protocol::{ChannelName, JsonData};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A check's future.
+pub type CheckFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// One conformance check.
+#[derive(Clone, Copy)]
+pub struct Check {
+    /// The function's name.
+    pub name: &'static str,
+    /// The configuration the store under test must be opened with.
+    pub config: fn() -> StoreConfig,
+    /// Runs the check.
+    pub run: fn(Arc<dyn Store>) -> CheckFuture,
+}
+
+impl std::fmt::Debug for Check {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+/// The configuration most checks run under: the defaults.
+pub fn default_config() -> StoreConfig {
+    StoreConfig::default()
+}
+
+/// Keep 5 messages per channel.
+fn count_retention() -> StoreConfig {
+    StoreConfig {
+        retention_max_messages: 5,
+        ..StoreConfig::default()
+    }
+}
+
+/// Messages older than a minute are gone.
+fn age_retention() -> StoreConfig {
+    StoreConfig {
+        retention_max_age: Duration::from_secs(60),
+        ..StoreConfig::default()
+    }
+}
+
+/// Keys are remembered for one second.
+fn short_window() -> StoreConfig {
+    StoreConfig {
+        idempotency_window: Duration::from_secs(1),
+        ..StoreConfig::default()
+    }
+}
+
+macro_rules! registry {
+    ($($name:ident => $config:expr),* $(,)?) => {
+        /// Every check, with the configuration it needs.
+        pub fn checks() -> Vec<Check> {
+            vec![$(Check {
+                name: stringify!($name),
+                config: $config,
+                run: |store| -> CheckFuture { Box::pin($name(store)) },
+            }),*]
+        }
+    };
+}
+
+registry! {
+    empty_channel => default_config,
+    seqs_start_at_one_in_order => default_config,
+    concurrent_appends_are_gap_free => default_config,
+    multi_channel_publish_is_one_message => default_config,
+    crossed_multi_channel_publishes_do_not_deadlock => default_config,
+    duplicate_channels_are_written_once => default_config,
+    retry_with_same_key_is_duplicate => default_config,
+    concurrent_retries_store_once => default_config,
+    same_key_other_data_conflicts => default_config,
+    same_key_other_channels_conflicts => default_config,
+    keys_are_scoped_to_publisher => default_config,
+    expired_key_is_new => short_window,
+    prune_forgets_old_keys => short_window,
+    history_pages_with_after_and_limit => default_config,
+    retention_by_count => count_retention,
+    retention_by_age => age_retention,
+    positions_of_several_channels => default_config,
+    data_round_trips_byte_exact => default_config,
+    ping_answers => default_config,
+}
+
+/// The configuration the check named `name` needs (panics on an unknown
+/// name: a typo in a test file must not silently run with the defaults).
+pub fn config_for(name: &str) -> StoreConfig {
+    let check = checks()
+        .into_iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no conformance check named {name}"));
+    (check.config)()
+}
+
+/// Runs every check, each against a store `make` opens with that check's
+/// configuration.
+pub async fn run_all<F, Fut>(make: F)
+where
+    F: Fn(StoreConfig) -> Fut,
+    Fut: Future<Output = Arc<dyn Store>>,
+{
+    for check in checks() {
+        eprintln!("conformance: {}", check.name);
+        let store = make((check.config)()).await;
+        (check.run)(store).await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Helpers
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}_{}", uuid::Uuid::now_v7().simple())
+}
+
+fn channel(prefix: &str) -> ChannelName {
+    ChannelName::new(&unique(prefix)).expect("prefix and hex make a valid channel name")
+}
+
+fn json(text: &str) -> JsonData {
+    JsonData::from_json_text(Bytes::copy_from_slice(text.as_bytes()))
+        .expect("conformance data is valid JSON")
+}
+
+/// A request as ingest builds it: fresh id, ts now.
+fn request(channels: &[&ChannelName], data: &str) -> AppendRequest {
+    AppendRequest {
+        channels: channels.iter().map(|c| (*c).clone()).collect(),
+        data: json(data),
+        from: None,
+        publisher: "conformance".into(),
+        key: None,
+        id: uuid::Uuid::now_v7().to_string(),
+        ts: now_ms(),
+    }
+}
+
+fn keyed(channels: &[&ChannelName], data: &str, publisher: &str, key: &str) -> AppendRequest {
+    AppendRequest {
+        publisher: publisher.into(),
+        key: Some(key.into()),
+        ..request(channels, data)
+    }
+}
+
+async fn append(store: &Arc<dyn Store>, req: AppendRequest) -> Appended {
+    store.append(req).await.expect("append")
+}
+
+async fn seqs_of(store: &Arc<dyn Store>, ch: &ChannelName) -> Vec<u64> {
+    store
+        .history(ch, 0, 1000)
+        .await
+        .expect("history")
+        .messages
+        .iter()
+        .map(|m| m.seq)
+        .collect()
+}
+
+fn seq_in(a: &Appended, ch: &ChannelName) -> u64 {
+    a.seqs
+        .iter()
+        .find(|(c, _)| c == ch)
+        .map(|(_, s)| *s)
+        .unwrap_or_else(|| panic!("no seq for {ch} in {a:?}"))
+}
+
+// ---------------------------------------------------------------------------
+// Checks
+
+/// A channel that never had a message: empty history, `last_seq` 0,
+/// `first_seq` 1, position 0.
+pub async fn empty_channel(store: Arc<dyn Store>) {
+    let ch = channel("empty");
+    let h = store.history(&ch, 0, 100).await.expect("history");
+    assert!(h.messages.is_empty());
+    assert_eq!(h.last_seq, 0);
+    assert_eq!(h.first_seq, 1);
+    assert_eq!(
+        store
+            .positions(std::slice::from_ref(&ch))
+            .await
+            .expect("positions"),
+        vec![0]
+    );
+    assert_eq!(
+        store.positions(&[]).await.expect("positions"),
+        Vec::<u64>::new()
+    );
+}
+
+/// Seqs are 1, 2, 3, ... and history returns the messages in that order
+/// with their id, ts and `from`.
+pub async fn seqs_start_at_one_in_order(store: Arc<dyn Store>) {
+    let ch = channel("order");
+    let mut sent = Vec::new();
+    for i in 1..=5u64 {
+        let mut req = request(&[&ch], &format!("{{\"n\":{i}}}"));
+        req.from = (i % 2 == 0).then(|| format!("user-{i}"));
+        let a = append(&store, req.clone()).await;
+        assert_eq!(a.seqs, vec![(ch.clone(), i)]);
+        assert_eq!(a.id, req.id);
+        assert_eq!(a.ts, req.ts);
+        assert!(!a.duplicate);
+        sent.push(req);
+    }
+    let h = store.history(&ch, 0, 100).await.expect("history");
+    assert_eq!(h.last_seq, 5);
+    assert_eq!(h.first_seq, 1);
+    assert_eq!(h.messages.len(), 5);
+    for (i, (m, req)) in h.messages.iter().zip(&sent).enumerate() {
+        assert_eq!(m.seq, i as u64 + 1);
+        assert_eq!(m.channel, ch);
+        assert_eq!(m.id, req.id);
+        assert_eq!(m.ts, req.ts);
+        assert_eq!(m.from, req.from);
+        assert_eq!(m.data.as_bytes(), req.data.as_bytes());
+    }
+}
+
+/// 200 appends to one channel from 20 tasks at once: seqs exactly 1..=200,
+/// each once, each id once (DESIGN.md guarantee 2).
+pub async fn concurrent_appends_are_gap_free(store: Arc<dyn Store>) {
+    const TASKS: usize = 20;
+    const EACH: usize = 10;
+    let ch = channel("race");
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..TASKS {
+        let store = store.clone();
+        let ch = ch.clone();
+        tasks.spawn(async move {
+            let mut got = Vec::new();
+            for i in 0..EACH {
+                let a = append(&store, request(&[&ch], &format!("[{t},{i}]"))).await;
+                got.push((seq_in(&a, &ch), a.id));
+            }
+            got
+        });
+    }
+    let mut by_seq: HashMap<u64, String> = HashMap::new();
+    while let Some(done) = tasks.join_next().await {
+        for (seq, id) in done.expect("append task") {
+            assert!(
+                by_seq.insert(seq, id).is_none(),
+                "seq {seq} handed out twice"
+            );
+        }
+    }
+    let want: BTreeSet<u64> = (1..=(TASKS * EACH) as u64).collect();
+    assert_eq!(by_seq.keys().copied().collect::<BTreeSet<_>>(), want);
+    let h = store.history(&ch, 0, 1000).await.expect("history");
+    assert_eq!(h.last_seq, (TASKS * EACH) as u64);
+    let stored: Vec<u64> = h.messages.iter().map(|m| m.seq).collect();
+    assert_eq!(stored, want.iter().copied().collect::<Vec<_>>());
+    let ids: HashSet<&str> = h.messages.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids.len(), TASKS * EACH, "ids must be distinct");
+    for m in &h.messages {
+        assert_eq!(by_seq.get(&m.seq), Some(&m.id));
+    }
+}
+
+/// One publish to two channels: one id, one seq per channel in request
+/// order, in both histories.
+pub async fn multi_channel_publish_is_one_message(store: Arc<dyn Store>) {
+    let a = channel("multi_a");
+    let b = channel("multi_b");
+    append(&store, request(&[&a], "1")).await;
+    append(&store, request(&[&a], "2")).await;
+    let req = request(&[&b, &a], "{\"both\":true}");
+    let got = append(&store, req.clone()).await;
+    assert_eq!(got.id, req.id);
+    assert_eq!(got.seqs, vec![(b.clone(), 1), (a.clone(), 3)]);
+    for (ch, seq) in [(&a, 3), (&b, 1)] {
+        let h = store.history(ch, seq - 1, 10).await.expect("history");
+        assert_eq!(h.messages.len(), 1);
+        assert_eq!(h.messages[0].seq, seq);
+        assert_eq!(h.messages[0].id, req.id);
+        assert_eq!(h.messages[0].channel, *ch);
+        assert_eq!(h.messages[0].data.as_bytes(), b"{\"both\":true}");
+    }
+}
+
+/// Publishes to [a, b] and [b, a] at the same time neither deadlock nor
+/// break either channel's seqs, and every message is in both channels.
+pub async fn crossed_multi_channel_publishes_do_not_deadlock(store: Arc<dyn Store>) {
+    const TASKS: usize = 10;
+    const EACH: usize = 5;
+    let a = channel("cross_a");
+    let b = channel("cross_b");
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..TASKS {
+        let (store, a, b) = (store.clone(), a.clone(), b.clone());
+        tasks.spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..EACH {
+                let chans = if t % 2 == 0 { [&a, &b] } else { [&b, &a] };
+                let got = append(&store, request(&chans, &format!("[{t},{i}]"))).await;
+                assert_eq!(got.seqs[0].0, *chans[0], "seqs in request order");
+                ids.push(got.id);
+            }
+            ids
+        });
+    }
+    let all = async {
+        let mut ids = HashSet::new();
+        while let Some(done) = tasks.join_next().await {
+            ids.extend(done.expect("append task"));
+        }
+        ids
+    };
+    let ids = tokio::time::timeout(Duration::from_secs(60), all)
+        .await
+        .expect("crossed publishes deadlocked");
+    let n = (TASKS * EACH) as u64;
+    for ch in [&a, &b] {
+        let h = store.history(ch, 0, 1000).await.expect("history");
+        assert_eq!(
+            h.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            (1..=n).collect::<Vec<_>>()
+        );
+        let here: HashSet<String> = h.messages.iter().map(|m| m.id.clone()).collect();
+        assert_eq!(here, ids, "every message in both channels");
+    }
+}
+
+/// A channel listed twice is written once (ingest rejects this; the store
+/// stays consistent anyway).
+pub async fn duplicate_channels_are_written_once(store: Arc<dyn Store>) {
+    let a = channel("dup");
+    let got = append(&store, request(&[&a, &a], "1")).await;
+    assert_eq!(got.seqs, vec![(a.clone(), 1)]);
+    assert_eq!(seqs_of(&store, &a).await, vec![1]);
+}
+
+/// A retry with the same key, channels and data (a new id and ts, as ingest
+/// assigns them per attempt) returns the first result with
+/// `duplicate: true` and stores nothing; listing the channels in another
+/// order is the same publish, answered in the new order.
+pub async fn retry_with_same_key_is_duplicate(store: Arc<dyn Store>) {
+    let a = channel("retry_a");
+    let b = channel("retry_b");
+    let key = unique("key");
+    let first = append(&store, keyed(&[&a, &b], "{\"x\":1}", "pub", &key)).await;
+    assert!(!first.duplicate);
+    let mut again = keyed(&[&a, &b], "{\"x\":1}", "pub", &key);
+    again.ts += 10;
+    let second = append(&store, again).await;
+    assert!(second.duplicate);
+    assert_eq!(second.id, first.id);
+    assert_eq!(second.ts, first.ts);
+    assert_eq!(second.seqs, first.seqs);
+    let swapped = append(&store, keyed(&[&b, &a], "{\"x\":1}", "pub", &key)).await;
+    assert!(swapped.duplicate);
+    assert_eq!(swapped.id, first.id);
+    assert_eq!(swapped.seqs, vec![(b.clone(), 1), (a.clone(), 1)]);
+    assert_eq!(seqs_of(&store, &a).await, vec![1]);
+    assert_eq!(seqs_of(&store, &b).await, vec![1]);
+    assert_eq!(
+        store.positions(&[a, b]).await.expect("positions"),
+        vec![1, 1]
+    );
+}
+
+/// Ten concurrent attempts with one key store exactly one message; all get
+/// the same id and seqs, exactly one with `duplicate: false`.
+pub async fn concurrent_retries_store_once(store: Arc<dyn Store>) {
+    const TASKS: usize = 10;
+    let ch = channel("retries");
+    let key = unique("key");
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..TASKS {
+        let (store, ch, key) = (store.clone(), ch.clone(), key.clone());
+        tasks.spawn(async move { append(&store, keyed(&[&ch], "\"once\"", "pub", &key)).await });
+    }
+    let mut results = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        results.push(done.expect("append task"));
+    }
+    assert_eq!(
+        results.iter().filter(|r| !r.duplicate).count(),
+        1,
+        "{results:?}"
+    );
+    let first = results.iter().find(|r| !r.duplicate).expect("one original");
+    for r in &results {
+        assert_eq!(r.id, first.id);
+        assert_eq!(r.ts, first.ts);
+        assert_eq!(r.seqs, vec![(ch.clone(), 1)]);
+    }
+    assert_eq!(seqs_of(&store, &ch).await, vec![1]);
+}
+
+/// The same key with other data is a conflict, and stores nothing.
+pub async fn same_key_other_data_conflicts(store: Arc<dyn Store>) {
+    let ch = channel("conflict_data");
+    let key = unique("key");
+    append(&store, keyed(&[&ch], "{\"v\":1}", "pub", &key)).await;
+    let err = store
+        .append(keyed(&[&ch], "{\"v\":2}", "pub", &key))
+        .await
+        .expect_err("other data under the same key");
+    assert!(matches!(err, StoreError::Conflict), "{err:?}");
+    assert!(!err.is_retryable());
+    assert_eq!(seqs_of(&store, &ch).await, vec![1]);
+}
+
+/// The same key with another channel set is a conflict, and stores nothing.
+pub async fn same_key_other_channels_conflicts(store: Arc<dyn Store>) {
+    let a = channel("conflict_a");
+    let b = channel("conflict_b");
+    let key = unique("key");
+    append(&store, keyed(&[&a], "1", "pub", &key)).await;
+    for chans in [&[&a, &b][..], &[&b][..]] {
+        let err = store
+            .append(keyed(chans, "1", "pub", &key))
+            .await
+            .expect_err("other channels under the same key");
+        assert!(matches!(err, StoreError::Conflict), "{err:?}");
+    }
+    assert_eq!(
+        store.positions(&[a, b]).await.expect("positions"),
+        vec![1, 0]
+    );
+}
+
+/// Keys are scoped to the publisher: the same key from two publishers is two
+/// messages.
+pub async fn keys_are_scoped_to_publisher(store: Arc<dyn Store>) {
+    let ch = channel("scoped");
+    let key = unique("key");
+    let one = append(&store, keyed(&[&ch], "1", "alice", &key)).await;
+    let two = append(&store, keyed(&[&ch], "1", "bob", &key)).await;
+    assert!(!one.duplicate && !two.duplicate);
+    assert_ne!(one.id, two.id);
+    assert_eq!((seq_in(&one, &ch), seq_in(&two, &ch)), (1, 2));
+    let again = append(&store, keyed(&[&ch], "1", "bob", &key)).await;
+    assert!(again.duplicate);
+    assert_eq!(again.id, two.id);
+}
+
+/// A key older than the window (measured from the stored request's `ts` to
+/// the new one's) is forgotten: the publish is stored anew, even with other
+/// data, and the new result is what later retries get. Needs a 1 s window.
+pub async fn expired_key_is_new(store: Arc<dyn Store>) {
+    let ch = channel("expired");
+    let key = unique("key");
+    let now = now_ms();
+    let mut old = keyed(&[&ch], "\"a\"", "pub", &key);
+    old.ts = now - 3_000;
+    let first = append(&store, old).await;
+    assert_eq!(first.seqs, vec![(ch.clone(), 1)]);
+
+    let fresh = keyed(&[&ch], "\"a\"", "pub", &key);
+    let second = append(&store, AppendRequest { ts: now, ..fresh }).await;
+    assert!(!second.duplicate, "a key past its window is new");
+    assert_ne!(second.id, first.id);
+    assert_eq!(second.seqs, vec![(ch.clone(), 2)]);
+
+    let retry = append(
+        &store,
+        AppendRequest {
+            ts: now,
+            ..keyed(&[&ch], "\"a\"", "pub", &key)
+        },
+    )
+    .await;
+    assert!(retry.duplicate);
+    assert_eq!(retry.id, second.id);
+
+    let later = AppendRequest {
+        ts: now + 3_000,
+        ..keyed(&[&ch], "\"other\"", "pub", &key)
+    };
+    let third = append(&store, later).await;
+    assert!(!third.duplicate, "other data is fine once the key expired");
+    assert_eq!(third.seqs, vec![(ch.clone(), 3)]);
+    assert_eq!(seqs_of(&store, &ch).await, vec![1, 2, 3]);
+}
+
+/// `prune` forgets keys older than the window (here 1 s) relative to its
+/// `now_ms`, and keeps messages younger than the retention age.
+pub async fn prune_forgets_old_keys(store: Arc<dyn Store>) {
+    let ch = channel("prune_keys");
+    let key = unique("key");
+    let req = keyed(&[&ch], "1", "pub", &key);
+    let ts = req.ts;
+    append(&store, req).await;
+    // Young messages are not counted as deleted.
+    assert_eq!(store.prune(ts + 5_000).await.expect("prune"), 0);
+    assert_eq!(seqs_of(&store, &ch).await, vec![1], "young messages stay");
+    // Same ts: only a deleted key row makes this new.
+    let again = append(
+        &store,
+        AppendRequest {
+            ts,
+            ..keyed(&[&ch], "1", "pub", &key)
+        },
+    )
+    .await;
+    assert!(!again.duplicate, "prune must delete keys past the window");
+    assert_eq!(again.seqs, vec![(ch.clone(), 2)]);
+}
+
+/// `after` and `limit` page through history; `last_seq`/`first_seq` are the
+/// channel's whatever the page.
+pub async fn history_pages_with_after_and_limit(store: Arc<dyn Store>) {
+    let ch = channel("paging");
+    for i in 0..10 {
+        append(&store, request(&[&ch], &i.to_string())).await;
+    }
+    let page = |after: u64, limit: u32| {
+        let (store, ch) = (store.clone(), ch.clone());
+        async move {
+            let h = store.history(&ch, after, limit).await.expect("history");
+            assert_eq!((h.last_seq, h.first_seq), (10, 1));
+            h.messages.iter().map(|m| m.seq).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(page(0, 3).await, vec![1, 2, 3]);
+    assert_eq!(page(3, 3).await, vec![4, 5, 6]);
+    assert_eq!(page(6, 100).await, vec![7, 8, 9, 10]);
+    assert_eq!(page(9, 3).await, vec![10]);
+    assert_eq!(page(10, 3).await, Vec::<u64>::new());
+    assert_eq!(page(1000, 3).await, Vec::<u64>::new());
+    assert_eq!(page(u64::MAX, 3).await, Vec::<u64>::new());
+    assert_eq!(page(0, 0).await, Vec::<u64>::new());
+    // Data of a page is that seq's data.
+    let h = store.history(&ch, 4, 1).await.expect("history");
+    assert_eq!(h.messages[0].data.as_bytes(), b"4");
+}
+
+/// Keeping 5 messages per channel: after 12 publishes history holds 8..=12
+/// and says `first_seq` 8. Needs `retention_max_messages = 5`.
+pub async fn retention_by_count(store: Arc<dyn Store>) {
+    let ch = channel("count");
+    let other = channel("count_other");
+    append(&store, request(&[&other], "0")).await;
+    for i in 1..=12 {
+        append(&store, request(&[&ch], &i.to_string())).await;
+    }
+    let h = store.history(&ch, 0, 100).await.expect("history");
+    assert_eq!(
+        h.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![8, 9, 10, 11, 12]
+    );
+    assert_eq!((h.first_seq, h.last_seq), (8, 12));
+    assert_eq!(h.messages[0].data.as_bytes(), b"8");
+    let h = store.history(&ch, 9, 100).await.expect("history");
+    assert_eq!(
+        h.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![10, 11, 12]
+    );
+    assert_eq!(h.first_seq, 8);
+    // Eviction is per channel.
+    assert_eq!(seqs_of(&store, &other).await, vec![1]);
+}
+
+/// Messages older than the retention age are not returned even before
+/// prune runs, `first_seq` moves past them, and prune deletes them. Needs
+/// `retention_max_age = 60 s`.
+pub async fn retention_by_age(store: Arc<dyn Store>) {
+    let ch = channel("age");
+    let now = now_ms();
+    for i in 1..=3 {
+        append(
+            &store,
+            AppendRequest {
+                ts: now - 120_000,
+                ..request(&[&ch], &i.to_string())
+            },
+        )
+        .await;
+    }
+    for i in 4..=5 {
+        append(&store, request(&[&ch], &i.to_string())).await;
+    }
+    let check = |label: &'static str| {
+        let (store, ch) = (store.clone(), ch.clone());
+        async move {
+            let h = store.history(&ch, 0, 100).await.expect("history");
+            assert_eq!(
+                h.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+                vec![4, 5],
+                "{label}"
+            );
+            assert_eq!((h.first_seq, h.last_seq), (4, 5), "{label}");
+        }
+    };
+    check("before prune").await;
+    assert_eq!(store.prune(now_ms()).await.expect("prune"), 3);
+    check("after prune").await;
+    assert_eq!(store.prune(now_ms()).await.expect("prune"), 0);
+    assert_eq!(
+        store
+            .positions(std::slice::from_ref(&ch))
+            .await
+            .expect("positions"),
+        vec![5]
+    );
+
+    // All expired: nothing returned, first_seq = last_seq + 1.
+    let gone = channel("age_gone");
+    append(
+        &store,
+        AppendRequest {
+            ts: now - 120_000,
+            ..request(&[&gone], "1")
+        },
+    )
+    .await;
+    let h = store.history(&gone, 0, 100).await.expect("history");
+    assert!(h.messages.is_empty());
+    assert_eq!((h.first_seq, h.last_seq), (2, 1));
+}
+
+/// Positions of several channels, in the order asked, repeats and unknown
+/// channels included.
+pub async fn positions_of_several_channels(store: Arc<dyn Store>) {
+    let a = channel("pos_a");
+    let b = channel("pos_b");
+    let c = channel("pos_c");
+    for _ in 0..3 {
+        append(&store, request(&[&a], "1")).await;
+    }
+    append(&store, request(&[&b], "1")).await;
+    append(&store, request(&[&a, &b], "1")).await;
+    let got = store
+        .positions(&[c.clone(), a.clone(), b.clone(), a.clone()])
+        .await
+        .expect("positions");
+    assert_eq!(got, vec![0, 4, 2, 4]);
+}
+
+/// `data` and `from` come back byte for byte: whitespace, escapes, unicode,
+/// nesting, big numbers.
+pub async fn data_round_trips_byte_exact(store: Arc<dyn Store>) {
+    let ch = channel("bytes");
+    let texts = [
+        r#"{"text":"héllo wörld 👋 日本語","esc":"quote \" backslash \\ nul \u0000 tab \t","n":12345678901234567890123}"#,
+        "{ \"spaced\" :\t[ 1 , 2.50 , -3e10 ,null,true,false ] ,\n \"nested\": {\"a\": {\"b\": {\"c\": [[], {}]}}} }",
+        r#""just a string with \ud83d\ude00 escapes""#,
+        "0",
+        "[]",
+        "null",
+    ];
+    let from = Some("操作員 op:42 <x@y>".to_string());
+    for t in texts {
+        append(
+            &store,
+            AppendRequest {
+                from: from.clone(),
+                ..request(&[&ch], t)
+            },
+        )
+        .await;
+    }
+    let h = store.history(&ch, 0, 100).await.expect("history");
+    assert_eq!(h.messages.len(), texts.len());
+    for (m, t) in h.messages.iter().zip(texts) {
+        assert_eq!(m.data.as_bytes(), t.as_bytes());
+        assert_eq!(m.from, from);
+    }
+}
+
+/// `ping` answers on a working store.
+pub async fn ping_answers(store: Arc<dyn Store>) {
+    store.ping().await.expect("ping");
+}

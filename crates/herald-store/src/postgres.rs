@@ -1,0 +1,351 @@
+//! The production store: PostgreSQL shared by several ingest replicas.
+//!
+//! Invariants:
+//! - A channel's seq is raised by `INSERT .. ON CONFLICT DO UPDATE ..
+//!   RETURNING` in the same transaction as the message insert; the row lock
+//!   held until commit serialises that channel's writers across replicas,
+//!   and a rollback undoes the increment (gap-free; never a SEQUENCE).
+//! - Lock order is fixed: first the idempotency row (at most one), then the
+//!   channel rows in sorted name order. Two transactions never wait on each
+//!   other in a cycle, whatever channel order their requests list.
+//! - An idempotency key is claimed with `INSERT .. ON CONFLICT DO NOTHING`
+//!   before anything else: a concurrent request with the same key blocks on
+//!   the unique index until the first commits, then reads its result
+//!   (`SELECT .. FOR UPDATE`, a fresh snapshot under READ COMMITTED). A
+//!   plain `SELECT .. FOR UPDATE` alone would not do: there is no row to
+//!   lock before the first insert.
+//! - Prune never waits on a row lock (`SKIP LOCKED`), so it cannot deadlock
+//!   with appends evicting the same rows; what it skips goes next time.
+//! - Migrations take sqlx's advisory lock, so replicas may start together.
+
+use crate::append::{self, Plan, Remembered, Verdict};
+use crate::{
+    AppendRequest, Appended, History, Store, StoreConfig, StoreError, StoredMessage, now_ms,
+};
+use async_trait::async_trait;
+use bytes::Bytes;
+use herald_protocol::{ChannelName, JsonData};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Connection as _, Row};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Schema, embedded at compile time (`build.rs` reruns on changes).
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Rows deleted per prune statement.
+const PRUNE_BATCH: i64 = 5000;
+
+/// How often an append restarts when its key's row vanished between the
+/// claim and the read (pruned concurrently). Once is enough in practice.
+const KEY_RACE_RETRIES: usize = 3;
+
+/// The PostgreSQL store. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct PgStore {
+    pool: PgPool,
+    cfg: StoreConfig,
+}
+
+impl PgStore {
+    /// Connects (pool of up to 16, 5 s acquire timeout) and applies the
+    /// migrations (safe when several replicas start at once).
+    ///
+    /// Errors: [`StoreError::Setup`] for a bad URL or a failed migration,
+    /// [`StoreError::Unavailable`] when the server cannot be reached.
+    pub async fn open(url: &str, cfg: StoreConfig) -> Result<Self, StoreError> {
+        let opts = PgConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Setup(format!("bad postgres URL: {e}")))?
+            .application_name("herald");
+        // One direct connection first: an unreachable server fails here at
+        // once instead of after the pool's acquire timeout.
+        sqlx::PgConnection::connect_with(&opts)
+            .await
+            .map_err(StoreError::Unavailable)?
+            .close()
+            .await
+            .map_err(StoreError::Unavailable)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(opts)
+            .await
+            .map_err(StoreError::Unavailable)?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Setup(format!("migrating postgres database: {e}")))?;
+        Ok(Self { pool, cfg })
+    }
+
+    /// Closes the pool, waiting for checked-out connections to return.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// One attempt at an append. `Ok(None)`: the key's row vanished between
+    /// claim and read; run again.
+    async fn try_append(
+        &self,
+        req: &AppendRequest,
+        plan: &Plan,
+    ) -> Result<Option<Appended>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+
+        if let Some(key) = &req.key {
+            let claimed = sqlx::query(
+                "INSERT INTO idempotency (publisher, key, id, ts, fingerprint, seqs, created_ms) \
+                 VALUES ($1, $2, $3, $4, $5, '[]', $4) \
+                 ON CONFLICT (publisher, key) DO NOTHING",
+            )
+            .bind(&req.publisher)
+            .bind(key)
+            .bind(&req.id)
+            .bind(req.ts)
+            .bind(&plan.fingerprint)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if !claimed {
+                let row = sqlx::query(
+                    "SELECT id, ts, fingerprint, seqs, created_ms FROM idempotency \
+                     WHERE publisher = $1 AND key = $2 FOR UPDATE",
+                )
+                .bind(&req.publisher)
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(row) = row else {
+                    tx.rollback().await?;
+                    return Ok(None);
+                };
+                let rem = Remembered {
+                    id: row.try_get("id")?,
+                    ts: row.try_get("ts")?,
+                    fingerprint: row.try_get("fingerprint")?,
+                    seqs: row.try_get("seqs")?,
+                    created_ms: row.try_get("created_ms")?,
+                };
+                match append::judge(&rem, plan, req.ts, self.cfg.idempotency_window)? {
+                    Verdict::Duplicate(found) => {
+                        tx.rollback().await?;
+                        return Ok(Some(found));
+                    }
+                    Verdict::Expired => {
+                        sqlx::query(
+                            "UPDATE idempotency SET id = $3, ts = $4, fingerprint = $5, \
+                             seqs = '[]', created_ms = $4 WHERE publisher = $1 AND key = $2",
+                        )
+                        .bind(&req.publisher)
+                        .bind(key)
+                        .bind(&req.id)
+                        .bind(req.ts)
+                        .bind(&plan.fingerprint)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
+            }
+        }
+
+        let mut assigned = Vec::with_capacity(plan.lock_order.len());
+        for ch in &plan.lock_order {
+            let seq: i64 = sqlx::query_scalar(
+                "INSERT INTO channels (name, last_seq) VALUES ($1, 1) \
+                 ON CONFLICT (name) DO UPDATE SET last_seq = channels.last_seq + 1 \
+                 RETURNING last_seq",
+            )
+            .bind(ch.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO messages (channel, seq, id, ts, sender, data) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(ch.as_str())
+            .bind(seq)
+            .bind(&req.id)
+            .bind(req.ts)
+            .bind(req.from.as_deref())
+            .bind(req.data.as_bytes())
+            .execute(&mut *tx)
+            .await?;
+            if let Some(bound) = append::evict_through(seq, self.cfg.retention_max_messages) {
+                sqlx::query("DELETE FROM messages WHERE channel = $1 AND seq <= $2")
+                    .bind(ch.as_str())
+                    .bind(bound)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            assigned.push((ch.clone(), append::seq_from_db(seq)?));
+        }
+        let seqs = plan.in_request_order(&assigned);
+
+        if let Some(key) = &req.key {
+            sqlx::query("UPDATE idempotency SET seqs = $3 WHERE publisher = $1 AND key = $2")
+                .bind(&req.publisher)
+                .bind(key)
+                .bind(append::encode_seqs(&seqs))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(Some(Appended {
+            id: req.id.clone(),
+            ts: req.ts,
+            seqs,
+            duplicate: false,
+        }))
+    }
+
+    /// Deletes up to [`PRUNE_BATCH`] rows per statement until fewer remain;
+    /// `sql` binds the cutoff, then the batch size. Returns the rows deleted.
+    async fn delete_batches(&self, sql: &'static str, cutoff: i64) -> Result<u64, StoreError> {
+        let mut total = 0;
+        loop {
+            let n = sqlx::query(sql)
+                .bind(cutoff)
+                .bind(PRUNE_BATCH)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+            total += n;
+            if n < PRUNE_BATCH.unsigned_abs() {
+                return Ok(total);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn append(&self, req: AppendRequest) -> Result<Appended, StoreError> {
+        let plan = Plan::new(&req);
+        if plan.ordered.is_empty() {
+            // Nothing to store; the trait requires at least one channel.
+            return Ok(Appended {
+                id: req.id,
+                ts: req.ts,
+                seqs: Vec::new(),
+                duplicate: false,
+            });
+        }
+        for _ in 0..KEY_RACE_RETRIES {
+            if let Some(done) = self.try_append(&req, &plan).await? {
+                return Ok(done);
+            }
+        }
+        Err(StoreError::Corrupt(
+            "idempotency key row keeps vanishing between claim and read".into(),
+        ))
+    }
+
+    async fn history(
+        &self,
+        channel: &ChannelName,
+        after: u64,
+        limit: u32,
+    ) -> Result<History, StoreError> {
+        let cutoff = now_ms().saturating_sub(crate::millis(self.cfg.retention_max_age));
+        // One snapshot for last_seq, first_seq and the page.
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await?;
+        let last: Option<i64> = sqlx::query_scalar("SELECT last_seq FROM channels WHERE name = $1")
+            .bind(channel.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let last_seq = append::seq_from_db(last.unwrap_or(0))?;
+        // Age-expired messages are gone for readers even before prune runs.
+        let first: Option<i64> = sqlx::query_scalar(
+            "SELECT seq FROM messages WHERE channel = $1 AND ts >= $2 ORDER BY seq LIMIT 1",
+        )
+        .bind(channel.as_str())
+        .bind(cutoff)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let first_seq = match first {
+            Some(s) => append::seq_from_db(s)?,
+            None => last_seq + 1,
+        };
+        let rows = sqlx::query(
+            "SELECT seq, id, ts, sender, data FROM messages \
+             WHERE channel = $1 AND seq > $2 AND ts >= $3 ORDER BY seq LIMIT $4",
+        )
+        .bind(channel.as_str())
+        .bind(append::seq_to_db(after))
+        .bind(cutoff)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let messages = rows
+            .into_iter()
+            .map(|row| {
+                let data: Vec<u8> = row.try_get("data")?;
+                Ok(StoredMessage {
+                    channel: channel.clone(),
+                    seq: append::seq_from_db(row.try_get("seq")?)?,
+                    id: row.try_get("id")?,
+                    ts: row.try_get("ts")?,
+                    from: row.try_get("sender")?,
+                    data: JsonData::from_json_text(Bytes::from(data))
+                        .map_err(|e| StoreError::Corrupt(format!("message data: {e}")))?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(History {
+            messages,
+            last_seq,
+            first_seq,
+        })
+    }
+
+    async fn positions(&self, channels: &[ChannelName]) -> Result<Vec<u64>, StoreError> {
+        if channels.is_empty() {
+            return Ok(Vec::new());
+        }
+        let names: Vec<&str> = channels.iter().map(ChannelName::as_str).collect();
+        let rows = sqlx::query("SELECT name, last_seq FROM channels WHERE name = ANY($1)")
+            .bind(&names)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut found = std::collections::HashMap::with_capacity(rows.len());
+        for row in rows {
+            let name: String = row.try_get("name")?;
+            found.insert(name, append::seq_from_db(row.try_get("last_seq")?)?);
+        }
+        Ok(channels
+            .iter()
+            .map(|c| found.get(c.as_str()).copied().unwrap_or(0))
+            .collect())
+    }
+
+    async fn prune(&self, now_ms: i64) -> Result<u64, StoreError> {
+        let msg_cutoff = now_ms.saturating_sub(crate::millis(self.cfg.retention_max_age));
+        let key_cutoff = now_ms.saturating_sub(crate::millis(self.cfg.idempotency_window));
+        let deleted = self
+            .delete_batches(
+                "DELETE FROM messages WHERE (channel, seq) IN \
+                 (SELECT channel, seq FROM messages WHERE ts < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                msg_cutoff,
+            )
+            .await?;
+        self.delete_batches(
+            "DELETE FROM idempotency WHERE (publisher, key) IN \
+             (SELECT publisher, key FROM idempotency WHERE created_ms < $1 \
+              LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            key_cutoff,
+        )
+        .await?;
+        tracing::debug!(deleted, "postgres prune");
+        Ok(deleted)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
