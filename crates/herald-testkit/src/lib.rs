@@ -9,6 +9,7 @@
 //!   user when we are root) and [`test_database`] (a fresh database per test,
 //!   on `HERALD_TEST_DATABASE_URL` or a shared private server).
 //! - [`redis`]: the private [`RedisServer`].
+//! - [`nginx`]: a private [`Nginx`] load balancer in front of gateways.
 //! - [`cluster`]: a private Redis Cluster (`cluster::RedisCluster`).
 //! - [`herald`]: the binary ([`herald_bin`]) run as a [`HeraldProcess`]
 //!   configured by [`HeraldOptions`].
@@ -30,11 +31,13 @@ use std::time::Duration;
 mod child;
 pub mod cluster;
 pub mod herald;
+pub mod nginx;
 pub mod postgres;
 pub mod redis;
 
 pub use herald::{HeraldOptions, HeraldProcess, herald_bin};
 pub use postgres::{PgServer, TestDb, test_database};
+pub use nginx::Nginx;
 pub use redis::RedisServer;
 
 /// Why a private server could not be started.
