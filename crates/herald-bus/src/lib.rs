@@ -4,6 +4,9 @@
 //! - `lib.rs`: the [`Bus`], [`BusSubscriber`], [`BusHandler`] and [`Presence`]
 //!   traits and [`BusError`].
 //! - [`local`]: the in-process bus and presence of `herald dev` (one node).
+//! - [`redis`]: the Redis bus ([`redis::RedisBus`]: pub/sub on one Redis,
+//!   sharded pub/sub on Redis Cluster) and [`redis::RedisPresence`].
+//! - [`metrics`]: the counters this crate records.
 //! - [`conformance`]: the suite every bus implementation must pass unchanged.
 //!
 //! This crate cannot reach the store: whatever travels here (signals,
@@ -18,6 +21,8 @@ use std::sync::Arc;
 
 pub mod conformance;
 pub mod local;
+pub mod metrics;
+pub mod redis;
 
 /// Bus failures.
 #[derive(Debug, thiserror::Error)]

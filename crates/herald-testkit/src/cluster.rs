@@ -47,7 +47,10 @@ pub struct RedisCluster {
 impl std::fmt::Debug for RedisCluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisCluster")
-            .field("ports", &self.nodes.iter().map(|n| n.port).collect::<Vec<_>>())
+            .field(
+                "ports",
+                &self.nodes.iter().map(|n| n.port).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -77,12 +80,13 @@ impl RedisCluster {
                     .into(),
             }
         })?;
-        let cli_bin =
-            child::find_in_path("redis-cli", &extra).ok_or_else(|| TestkitError::MissingBinary {
+        let cli_bin = child::find_in_path("redis-cli", &extra).ok_or_else(|| {
+            TestkitError::MissingBinary {
                 name: "redis-cli".into(),
                 install_hint: "the Debian package `redis-tools` (apt-get install -y redis-tools)"
                     .into(),
-            })?;
+            }
+        })?;
         let mut cluster = RedisCluster {
             dir: crate::temp_dir(),
             server_bin,
@@ -117,7 +121,11 @@ impl RedisCluster {
     /// as a running node sees it; `None` while no running master serves it
     /// (e.g. during a failover).
     pub fn master_of(&mut self, key_or_channel: &str) -> Result<Option<u16>, TestkitError> {
-        let Some(ask) = self.live_ports().into_iter().find(|p| crate::redis::pong(*p)) else {
+        let Some(ask) = self
+            .live_ports()
+            .into_iter()
+            .find(|p| crate::redis::pong(*p))
+        else {
             return Err(TestkitError::Failed("no cluster node answers PING".into()));
         };
         let slot = match command(ask, &["CLUSTER", "KEYSLOT", key_or_channel])? {
@@ -129,7 +137,9 @@ impl RedisCluster {
             }
         };
         let Reply::Bulk(nodes) = command(ask, &["CLUSTER", "NODES"])? else {
-            return Err(TestkitError::Failed("CLUSTER NODES answered no text".into()));
+            return Err(TestkitError::Failed(
+                "CLUSTER NODES answered no text".into(),
+            ));
         };
         let live = self.live_ports();
         Ok(master_for_slot(&nodes, slot).filter(|p| live.contains(p)))
@@ -155,7 +165,13 @@ impl RedisCluster {
     pub fn log_tails(&self, lines: usize) -> String {
         self.nodes
             .iter()
-            .map(|n| format!("--- node {} ---\n{}", n.port, child::log_tail(&self.log_path(n.port), lines)))
+            .map(|n| {
+                format!(
+                    "--- node {} ---\n{}",
+                    n.port,
+                    child::log_tail(&self.log_path(n.port), lines)
+                )
+            })
             .collect::<Vec<_>>()
             .join("\n")
     }
@@ -163,7 +179,12 @@ impl RedisCluster {
     fn live_ports(&mut self) -> Vec<u16> {
         self.nodes
             .iter_mut()
-            .filter_map(|n| n.child.as_mut().is_some_and(child::is_running).then_some(n.port))
+            .filter_map(|n| {
+                n.child
+                    .as_mut()
+                    .is_some_and(child::is_running)
+                    .then_some(n.port)
+            })
             .collect()
     }
 
@@ -180,10 +201,14 @@ impl RedisCluster {
             let port = self.cluster_port()?;
             match self.spawn_node(port) {
                 Ok(c) => {
-                    self.nodes.push(Node { port, child: Some(c) });
+                    self.nodes.push(Node {
+                        port,
+                        child: Some(c),
+                    });
                     return Ok(());
                 }
-                Err(TestkitError::Failed(msg)) if attempt < 5 && msg.contains("Address already in use") => {}
+                Err(TestkitError::Failed(msg))
+                    if attempt < 5 && msg.contains("Address already in use") => {}
                 Err(e) => return Err(e),
             }
         }
@@ -193,8 +218,13 @@ impl RedisCluster {
     fn cluster_port(&self) -> Result<u16, TestkitError> {
         for _ in 0..200 {
             let p = free_port();
-            let Some(bus) = p.checked_add(10000) else { continue };
-            let taken = self.nodes.iter().any(|n| n.port == p || n.port.checked_add(10000) == Some(p) || n.port == bus);
+            let Some(bus) = p.checked_add(10000) else {
+                continue;
+            };
+            let taken = self
+                .nodes
+                .iter()
+                .any(|n| n.port == p || n.port.checked_add(10000) == Some(p) || n.port == bus);
             if taken {
                 continue;
             }

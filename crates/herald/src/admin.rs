@@ -29,6 +29,7 @@ pub fn install_metrics(node_id: &str) -> anyhow::Result<PrometheusHandle> {
         .set_buckets(BUCKETS)?
         .install_recorder()?;
     let _ = HANDLE.set(h.clone());
+    herald_bus::metrics::describe();
     let up = h.clone();
     tokio::spawn(async move {
         let mut t = tokio::time::interval(Duration::from_secs(5));
