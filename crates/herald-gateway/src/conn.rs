@@ -14,10 +14,9 @@ use crate::hub::{AddError, ConnHandle, GoLive};
 use crate::ingest::PublishCall;
 use crate::metrics as m;
 use crate::outbox::{Outbox, Take};
-use crate::ws;
+use crate::ws::{self, FrameReader, InFrame, InOp, ReadError};
 use crate::Inner;
 use bytes::{Bytes, BytesMut};
-use fastwebsockets::{OpCode, WebSocketError};
 use herald_auth::{ConnClaims, GrantOp};
 use herald_protocol::bus::Envelope;
 use herald_protocol::server::{
@@ -235,21 +234,6 @@ async fn write_all_vectored(wr: &mut Writer, frames: &[Bytes]) -> std::io::Resul
     Ok(())
 }
 
-type ReadResult = Result<(bool, OpCode, Bytes), WebSocketError>;
-
-/// Owns the reader so a cancelled `select!` never loses half a frame
-/// (fastwebsockets' `read_frame` is not cancel-safe; CRATES.md).
-async fn read_one(
-    mut rd: fastwebsockets::WebSocketRead<Reader>,
-) -> (fastwebsockets::WebSocketRead<Reader>, ReadResult) {
-    let mut noop = |_| async { Ok::<(), std::io::Error>(()) };
-    let r = rd
-        .read_frame(&mut noop)
-        .await
-        .map(|f| (f.fin, f.opcode, Bytes::from(f.payload.to_vec())));
-    (rd, r)
-}
-
 async fn read_side(
     gw: Arc<Inner>,
     handle: Arc<ConnHandle>,
@@ -257,11 +241,7 @@ async fn read_side(
     hs: Handshake,
     done: CancellationToken,
 ) {
-    let (mut wsr, _) =
-        fastwebsockets::after_handshake_split(rd, tokio::io::sink(), fastwebsockets::Role::Server);
-    wsr.set_auto_close(false);
-    wsr.set_auto_pong(false);
-    wsr.set_max_message_size(gw.cfg.limits.max_frame_bytes + 1);
+    let wsr = FrameReader::new(rd, gw.cfg.limits.max_frame_bytes);
 
     // Authenticate; a bad token still completes the upgrade and gets a
     // disconnect + close (PROTOCOL.md section 2).
@@ -323,21 +303,18 @@ fn expiry_deadline(c: &ConnClaims, leeway: Duration) -> Option<tokio::time::Inst
 /// After a close was requested: keep reading (and discarding) until the
 /// writer is done and the peer closes or 2 s pass, so unread client data
 /// does not turn our close into a TCP reset that eats the close frame.
-async fn linger(rd: fastwebsockets::WebSocketRead<Reader>, done: &CancellationToken) {
+async fn linger(mut rd: FrameReader<Reader>, done: &CancellationToken) {
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        let mut rd = rd;
         done.cancelled().await;
         loop {
-            let (r, res) = read_one(rd).await;
-            rd = r;
-            match res {
-                Ok((_, OpCode::Close, _)) | Err(_) => break,
+            match rd.read().await {
+                Ok(InFrame { op: InOp::Close, .. }) | Err(_) => break,
                 Ok(_) => {}
             }
         }
     })
     .await;
-    done.cancelled().await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), done.cancelled()).await;
 }
 
 impl Conn {
@@ -567,9 +544,8 @@ impl Conn {
     }
 
     /// The reader loop.
-    async fn serve(&mut self, rd: fastwebsockets::WebSocketRead<Reader>, done: &CancellationToken) {
+    async fn serve(&mut self, mut rd: FrameReader<Reader>, done: &CancellationToken) {
         let limits = self.gw.cfg.limits.clone();
-        let mut reading = Box::pin(read_one(rd));
         let mut heartbeat = tokio::time::interval_at(
             tokio::time::Instant::now() + limits.heartbeat_interval,
             limits.heartbeat_interval,
@@ -580,47 +556,52 @@ impl Conn {
         tokio::pin!(expiry);
         let mut last_recv = tokio::time::Instant::now();
         let mut rate = RateLimit::new(limits.rate_per_second, limits.rate_burst);
-        let mut fragments: Option<(OpCode, BytesMut)> = None;
-        let rd = loop {
+        let mut fragments: Option<(InOp, BytesMut)> = None;
+        loop {
             let timeout_at = last_recv + limits.heartbeat_timeout;
             tokio::select! {
-                (rd, res) = &mut reading => {
+                // Cancel-safe: FrameReader consumes a frame only once whole.
+                res = rd.read() => {
                     last_recv = tokio::time::Instant::now();
                     let frame = match res {
                         Ok(f) => f,
-                        Err(e) => {
-                            match e {
-                                WebSocketError::InvalidUTF8 => self.handle.outbox.close_now(CloseCode::InvalidUtf8),
-                                WebSocketError::FrameTooLarge => self.handle.outbox.close_now(CloseCode::TooBig),
-                                WebSocketError::UnexpectedEOF | WebSocketError::IoError(_) => {
-                                    m::disconnects("abnormal").increment(1);
-                                    self.handle.outbox.mark_dead();
-                                }
-                                _ => self.handle.outbox.close_now(CloseCode::ProtocolViolation),
-                            }
-                            break None;
+                        Err(ReadError::TooBig) => {
+                            self.handle.outbox.close_now(CloseCode::TooBig);
+                            break;
+                        }
+                        Err(ReadError::Protocol(why)) => {
+                            tracing::debug!(why, "protocol violation");
+                            self.handle.outbox.close_now(CloseCode::ProtocolViolation);
+                            break;
+                        }
+                        Err(ReadError::Gone) => {
+                            m::disconnects("abnormal").increment(1);
+                            self.handle.outbox.mark_dead();
+                            return;
                         }
                     };
-                    let (fin, op, payload) = frame;
+                    let InFrame { fin, op, payload } = frame;
                     match op {
-                        OpCode::Close => {
+                        InOp::Close => {
                             self.handle.outbox.close(CloseCode::Normal);
-                            break None;
+                            // The client said goodbye: no lingering needed.
+                            let _ = tokio::time::timeout(Duration::from_secs(5), done.cancelled()).await;
+                            return;
                         }
-                        OpCode::Ping => {
+                        InOp::Ping => {
                             self.handle.outbox.push_unbounded(ws::frame(ws::Opcode::Pong, &payload));
                         }
-                        OpCode::Pong => {}
-                        OpCode::Text | OpCode::Binary | OpCode::Continuation => {
+                        InOp::Pong => {}
+                        InOp::Text | InOp::Binary | InOp::Continuation => {
                             let complete = match (op, fragments.take()) {
-                                (OpCode::Continuation, None) => {
+                                (InOp::Continuation, None) => {
                                     self.handle.outbox.close_now(CloseCode::ProtocolViolation);
-                                    break None;
+                                    break;
                                 }
-                                (OpCode::Continuation, Some((first, mut buf))) => {
+                                (InOp::Continuation, Some((first, mut buf))) => {
                                     if buf.len() + payload.len() > limits.max_frame_bytes {
                                         self.handle.outbox.close_now(CloseCode::TooBig);
-                                        break None;
+                                        break;
                                     }
                                     buf.extend_from_slice(&payload);
                                     if fin { Some((first, buf.freeze())) } else { fragments = Some((first, buf)); None }
@@ -628,21 +609,21 @@ impl Conn {
                                 (_, Some(_)) => {
                                     // A new data frame inside a fragmented message.
                                     self.handle.outbox.close_now(CloseCode::ProtocolViolation);
-                                    break None;
+                                    break;
                                 }
                                 (first, None) => {
                                     if fin { Some((first, payload)) } else { fragments = Some((first, BytesMut::from(&payload[..]))); None }
                                 }
                             };
                             if let Some((first, msg)) = complete {
-                                let ok_kind = matches!((first, self.enc()), (OpCode::Text, Encoding::Json) | (OpCode::Binary, Encoding::Msgpack));
+                                let ok_kind = matches!((first, self.enc()), (InOp::Text, Encoding::Json) | (InOp::Binary, Encoding::Msgpack));
                                 if !ok_kind {
                                     self.handle.outbox.close_now(CloseCode::ProtocolViolation);
-                                    break None;
+                                    break;
                                 }
-                                if first == OpCode::Text && std::str::from_utf8(&msg).is_err() {
+                                if first == InOp::Text && std::str::from_utf8(&msg).is_err() {
                                     self.handle.outbox.close_now(CloseCode::InvalidUtf8);
-                                    break None;
+                                    break;
                                 }
                                 match rate.take(std::time::Instant::now()) {
                                     Ok(true) => {
@@ -660,46 +641,37 @@ impl Conn {
                                     }
                                     Err(()) => {
                                         self.handle.outbox.close(CloseCode::RateLimited);
-                                        break Some(rd);
+                                        break;
                                     }
                                 }
                                 if self.handle.outbox.is_closing() {
-                                    break Some(rd);
+                                    break;
                                 }
                             }
                         }
                     }
-                    reading.set(read_one(rd));
                 }
                 _ = heartbeat.tick() => {
                     self.handle.outbox.push_unbounded(ws::frame(ws::Opcode::Ping, b""));
                 }
                 _ = tokio::time::sleep_until(timeout_at) => {
                     self.handle.outbox.close(CloseCode::HeartbeatTimeout);
-                    break None;
+                    break;
                 }
                 _ = &mut expiry => {
                     match self.expires {
                         Some(at) if at <= tokio::time::Instant::now() => {
                             self.handle.outbox.close(CloseCode::TokenExpired);
-                            break None;
+                            break;
                         }
                         // Refreshed: wait for the new deadline.
                         at => expiry.as_mut().reset(at.unwrap_or(far)),
                     }
                 }
-                _ = done.cancelled() => break None,
-            }
-        };
-        match rd {
-            Some(rd) => linger(rd, done).await,
-            None => {
-                // The read future was consumed or failed; linger on it if
-                // it still holds a live reader is not possible: just wait for
-                // the writer with a bound.
-                let _ = tokio::time::timeout(Duration::from_secs(5), done.cancelled()).await;
+                _ = done.cancelled() => break,
             }
         }
+        linger(rd, done).await;
     }
 
     fn decode_limits(&self) -> DecodeLimits {
