@@ -1169,6 +1169,7 @@ async fn presence_across_nodes() {
     let ttl = Duration::from_secs(PRESENCE_TTL);
     let survivors = roster(&[&a, &b]);
     wait_presence_op(&mut a, CH, &survivors, ttl + SLACK).await;
+    eprintln!("presence: gw-2's client left the lists {:?} after the kill", killed.elapsed());
     wait_presence_http(&apis[0], CH, &survivors, (ttl + SLACK).saturating_sub(killed.elapsed()))
         .await;
     // Expired entries are swept every ttl / 3.
@@ -1177,6 +1178,7 @@ async fn presence_across_nodes() {
         .await;
     b.expect_event(CH, "leave", &cc, leave_by.saturating_sub(killed.elapsed()))
         .await;
+    eprintln!("presence: its leave reached gw-0 and gw-1 {:?} after the kill", killed.elapsed());
     wait_presence_op(&mut b, CH, &survivors, STEP).await;
 
     for m in [&a, &b, &c] {
