@@ -1,0 +1,144 @@
+//! The herald under test: where it listens, how to authenticate, and the
+//! local resources (file descriptors, source addresses) a run needs to reach
+//! it with many connections.
+//!
+//! Invariant: a target is always on 127.0.0.1. The load generator refuses
+//! any other host, so a typo can never point a connection storm at a
+//! machine that is not ours.
+
+use anyhow::{Context, bail};
+use herald_auth::{Minter, TokenSpec};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+/// Lifetime of the tokens minted for load connections: far beyond any run's
+/// hard deadline, so no connection is closed with 4004 mid-run.
+const TOKEN_TTL: Duration = Duration::from_secs(3600);
+
+/// The herald being measured.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// `127.0.0.1:PORT` of the public listener (`/ws` and `/v1/*` in dev).
+    pub addr: SocketAddr,
+    /// Bearer key for `POST /v1/publish`.
+    pub api_key: String,
+    /// Signs connection tokens (HS256 with the server's `--jwt-secret`).
+    pub minter: Minter,
+}
+
+impl Target {
+    /// Parses `http://127.0.0.1:PORT` (or `localhost`, or `ws://`); any other
+    /// host is refused.
+    pub fn new(url: &str, api_key: &str, jwt_secret: &str) -> anyhow::Result<Self> {
+        let rest = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("ws://"))
+            .with_context(|| format!("--url {url:?}: expected http://127.0.0.1:PORT"))?;
+        let hostport = rest.split('/').next().unwrap_or(rest);
+        let (host, port) = hostport
+            .rsplit_once(':')
+            .with_context(|| format!("--url {url:?}: the port is missing"))?;
+        if host != "127.0.0.1" && host != "localhost" {
+            bail!("--url {url:?}: herald-loadgen only targets 127.0.0.1 (loopback)");
+        }
+        let port: u16 = port
+            .parse()
+            .with_context(|| format!("--url {url:?}: bad port"))?;
+        Ok(Self {
+            addr: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)),
+            api_key: api_key.to_owned(),
+            minter: Minter::hs256(jwt_secret.as_bytes()),
+        })
+    }
+
+    /// A connection token for `sub` with `channels` as automatic
+    /// subscriptions (they come back in `welcome.subs` with their seq).
+    pub fn token(&self, sub: &str, channels: &[String]) -> anyhow::Result<String> {
+        let spec = TokenSpec {
+            sub: sub.to_owned(),
+            ttl: Some(TOKEN_TTL),
+            channels: channels.to_vec(),
+            ..TokenSpec::default()
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let now = i64::try_from(now).unwrap_or(i64::MAX);
+        self.minter
+            .mint(&spec.to_claims(now))
+            .map_err(|e| anyhow::anyhow!("minting a token: {e}"))
+    }
+}
+
+/// Cycles client source addresses over 127.0.0.1..=127.0.0.254, so that
+/// many connections to one server port never run out of ephemeral ports
+/// (about 28 000 per source address with Linux defaults).
+#[derive(Debug, Default)]
+pub struct SourceAddrs {
+    next: AtomicU32,
+}
+
+impl SourceAddrs {
+    /// The source address for the next connection.
+    pub fn next(&self) -> Ipv4Addr {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % 254;
+        let last = u8::try_from(i + 1).expect("i % 254 + 1 fits in u8");
+        Ipv4Addr::new(127, 0, 0, last)
+    }
+}
+
+/// Raises the soft open-file limit to the hard one; returns the soft limit
+/// in force afterwards. Each load connection is one descriptor.
+pub fn raise_fd_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 1024;
+    };
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        return hard;
+    }
+    soft
+}
+
+/// Fails early when `connections` sockets (plus a margin for the HTTP
+/// client and the runtime) would not fit under the fd limit.
+pub fn check_fd_budget(connections: usize) -> anyhow::Result<()> {
+    let limit = raise_fd_limit();
+    let need = u64::try_from(connections)
+        .unwrap_or(u64::MAX)
+        .saturating_add(256);
+    if need > limit {
+        bail!(
+            "{connections} connections need about {need} file descriptors; the limit is {limit} \
+             (raise the hard limit with `ulimit -Hn` / prlimit)"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback() {
+        assert!(Target::new("http://127.0.0.1:8080", "k", "s").is_ok());
+        assert!(Target::new("ws://localhost:9/ws", "k", "s").is_ok());
+        assert!(Target::new("http://10.0.0.1:8080", "k", "s").is_err());
+        assert!(Target::new("http://127.0.0.1", "k", "s").is_err());
+        assert!(Target::new("https://127.0.0.1:1", "k", "s").is_err());
+    }
+
+    #[test]
+    fn source_addresses_cycle() {
+        let s = SourceAddrs::default();
+        assert_eq!(s.next(), Ipv4Addr::new(127, 0, 0, 1));
+        for _ in 0..252 {
+            s.next();
+        }
+        assert_eq!(s.next(), Ipv4Addr::new(127, 0, 0, 254));
+        assert_eq!(s.next(), Ipv4Addr::new(127, 0, 0, 1));
+    }
+}
