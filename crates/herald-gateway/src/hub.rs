@@ -514,6 +514,18 @@ impl Hub {
                             Some((&first, _)) => {
                                 tracing::warn!(channel = %ch, from = after + 1, to = first - 1, "gap not in history; skipping");
                                 m::gaps_skipped().increment(1);
+                                // Live subscribers missed messages nothing
+                                // can give them any more: tell them, never
+                                // silently (DESIGN.md guarantee 3). They
+                                // reconnect with `since` and get
+                                // `recovered:false`.
+                                for sub in &chan.subs {
+                                    if let SubState::Live { after: a } = sub.state
+                                        && a < first - 1
+                                    {
+                                        sub.conn.outbox.close(herald_protocol::CloseCode::ServiceRestart);
+                                    }
+                                }
                                 chan.last = Some(first - 1);
                                 self.drain_pending(ch, chan);
                             }
@@ -886,6 +898,19 @@ mod tests {
         f.commit(2, false).await; // lost on the bus
         f.commit(3, true).await;
         assert_eq!(seqs(&c, 3).await, vec![1, 2, 3]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn gap_beyond_history_closes_live_subscribers_with_1012() {
+        let f = Fixture::new();
+        let c = f.subscriber(1).await;
+        assert!(matches!(f.hub.go_live(&ch(), 1, 0), GoLive::Done));
+        f.commit(1, true).await;
+        assert_eq!(seqs(&c, 1).await, vec![1]);
+        // seq 2 was committed, lost on the bus and evicted from history.
+        f.commit(3, true).await;
+        let take = tokio::time::timeout(Duration::from_secs(30), c.outbox.take()).await;
+        assert!(matches!(take, Ok(Take::Close(herald_protocol::CloseCode::ServiceRestart))));
     }
 
     #[tokio::test(start_paused = true)]

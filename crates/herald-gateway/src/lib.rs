@@ -345,8 +345,14 @@ fn split_upgraded(io: TokioIo<hyper::upgrade::Upgraded>) -> (conn::Reader, conn:
     match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
         Ok(parts) => {
             let (r, w) = parts.io.into_inner().into_split();
-            let pre = std::io::Cursor::new(parts.read_buf);
-            (Box::new(tokio::io::AsyncReadExt::chain(pre, r)), Box::new(w))
+            if parts.read_buf.is_empty() {
+                // Dropping the empty view frees hyper's 8 KiB read buffer,
+                // which would otherwise live as long as the connection.
+                (Box::new(r), Box::new(w))
+            } else {
+                let pre = std::io::Cursor::new(Bytes::copy_from_slice(&parts.read_buf));
+                (Box::new(tokio::io::AsyncReadExt::chain(pre, r)), Box::new(w))
+            }
         }
         Err(upgraded) => {
             let (r, w) = tokio::io::split(TokioIo::new(upgraded));

@@ -153,8 +153,10 @@ impl<R: tokio::io::AsyncRead + Unpin> FrameReader<R> {
         use tokio::io::AsyncReadExt;
         loop {
             if let Some(f) = self.parse()? {
-                if self.buf.is_empty() && self.buf.capacity() > 4 * READ_CHUNK {
-                    // Give a burst's buffer back: idle connections stay small.
+                if self.buf.is_empty() {
+                    // Nothing pending: give the buffer back, so an idle
+                    // connection holds none (the per-connection memory
+                    // budget of DESIGN.md); clients send little.
                     self.buf = BytesMut::new();
                 }
                 return Ok(f);

@@ -132,7 +132,7 @@ async fn ingest_cmd(common: Common) -> anyhow::Result<()> {
         bus,
         presence,
     );
-    let public = TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let public = bind(&listen).await?;
     let app = server::App { gateway: None, ingest: Some(ingest.clone()), admin: None, demo: None };
     serve_node(Node {
         what: "ingest",
@@ -180,7 +180,7 @@ async fn gateway_cmd(common: Common) -> anyhow::Result<()> {
         bus,
         presence,
     );
-    let public = TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let public = bind(&listen).await?;
     let app = server::App { gateway: Some(gateway.clone()), ingest: None, admin: None, demo: None };
     serve_node(Node {
         what: "gateway",
@@ -198,6 +198,25 @@ async fn gateway_cmd(common: Common) -> anyhow::Result<()> {
 fn random_hex(n: usize) -> String {
     let mut rng = rand::rng();
     (0..n).map(|_| format!("{:x}", rng.random_range(0..16u8))).collect()
+}
+
+/// Binds a listener with a deep accept backlog: a reconnect wave after a
+/// drain arrives all at once, and tokio's default backlog of 128 makes the
+/// overflow wait for a SYN retry (about 1 s; measured in benches/RESULTS.md).
+async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
+    let resolved = tokio::net::lookup_host(addr)
+        .await
+        .with_context(|| format!("cannot resolve {addr}"))?
+        .next()
+        .ok_or_else(|| anyhow!("{addr} resolves to no address"))?;
+    let sock = if resolved.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    sock.set_reuseaddr(true)?;
+    sock.bind(resolved).with_context(|| format!("cannot listen on {addr}"))?;
+    Ok(sock.listen(4096)?)
 }
 
 /// The connection cap the fd limit allows: the limit minus 1000 for files,
@@ -268,7 +287,7 @@ async fn dev(common: Common) -> anyhow::Result<()> {
         presence,
     );
 
-    let listener = TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let listener = bind(&listen).await?;
     let addr = listener.local_addr()?;
     let minter = herald_auth::Minter::hs256(secret.as_bytes());
     let now = i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs())?;
@@ -360,7 +379,7 @@ async fn serve_node(node: Node) -> anyhow::Result<()> {
     let mut app = node.app;
     match &node.admin_listen {
         Some(a) => {
-            let l = TcpListener::bind(a).await.with_context(|| format!("cannot listen on {a} (admin)"))?;
+            let l = bind(a).await.with_context(|| format!("admin listener {a}"))?;
             tracing::info!(admin = %l.local_addr()?, "admin listener");
             let admin_app = server::App { gateway: None, ingest: None, admin: Some(admin), demo: None };
             // The admin port stays up through the drain so /readyz can say 503.
