@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use herald_testkit::cluster::RedisCluster;
-use herald_testkit::{Nginx, RedisServer, TestDb, test_database};
+use herald_testkit::{Nginx, RedisServer, TestDb, eventually, test_database};
 use herald_tests::*;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
@@ -122,9 +122,8 @@ fn redis_command(port: u16, args: &[&str]) -> Value {
 async fn wait_bus_subscribers(port: u16, numsub: &str, channel: &str, want: i64) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let last = tokio::task::block_in_place(|| {
-            redis_command(port, &["PUBSUB", numsub, channel])
-        });
+        let last =
+            tokio::task::block_in_place(|| redis_command(port, &["PUBSUB", numsub, channel]));
         if last[1].as_i64() == Some(want) {
             return;
         }
@@ -437,7 +436,10 @@ async fn wait_delivery(readers: &mut [Reader], want: &[(&str, u64)], timeout: Du
                     "reader {} lost its connection ({end}); received: {}",
                     r.name,
                     want.iter()
-                        .map(|(ch, n)| format!("{ch}: {}", describe(&seqs_of(&seen.messages, ch), *n)))
+                        .map(|(ch, n)| format!(
+                            "{ch}: {}",
+                            describe(&seqs_of(&seen.messages, ch), *n)
+                        ))
                         .collect::<Vec<_>>()
                         .join("; ")
                 );
@@ -565,7 +567,9 @@ impl Load {
                         i += 1;
                         let sent = phase.load(Ordering::SeqCst);
                         let (s, b) = api
-                            .publish_body(json!({"channel": ch, "data": {"ingest": a, "task": k, "i": i}}))
+                            .publish_body(
+                                json!({"channel": ch, "data": {"ingest": a, "task": k, "i": i}}),
+                            )
                             .await;
                         let acked = phase.load(Ordering::SeqCst);
                         if s == 200 {
@@ -574,7 +578,8 @@ impl Load {
                                 .unwrap_or_else(|| panic!("publish answer without seqs.{ch}: {b}"));
                             lock(&acks).push(Ack { seq, sent, acked });
                         } else {
-                            lock(&refused).push(format!("ingest {a} phase {sent}->{acked}: {s} {b}"));
+                            lock(&refused)
+                                .push(format!("ingest {a} phase {sent}->{acked}: {s} {b}"));
                         }
                         tokio::time::sleep(pace).await;
                     }
@@ -593,7 +598,13 @@ impl Load {
     }
 
     /// Waits until `n` acknowledged publishes satisfy `f`.
-    async fn wait_acks(&mut self, what: &str, n: usize, f: impl Fn(&Ack) -> bool, timeout: Duration) {
+    async fn wait_acks(
+        &mut self,
+        what: &str,
+        n: usize,
+        f: impl Fn(&Ack) -> bool,
+        timeout: Duration,
+    ) {
         let deadline = Instant::now() + timeout;
         loop {
             for t in &mut self.tasks {
@@ -681,7 +692,12 @@ async fn fan_out_across_gateways_and_ingests() {
         let (seq, id, ts, from) = match i % 5 {
             0 => {
                 let b = apis[0].publish(CH, data.clone()).await;
-                (b["seqs"][CH].clone(), b["id"].clone(), b["ts"].clone(), None)
+                (
+                    b["seqs"][CH].clone(),
+                    b["id"].clone(),
+                    b["ts"].clone(),
+                    None,
+                )
             }
             1 => {
                 let (s, b) = apis[1]
@@ -698,7 +714,12 @@ async fn fan_out_across_gateways_and_ingests() {
             k => {
                 let (sub, c) = &mut ws_publishers[k - 2];
                 let r = c.publish(CH, data.clone()).await;
-                (r["seq"].clone(), r["id"].clone(), r["ts"].clone(), Some(sub.clone()))
+                (
+                    r["seq"].clone(),
+                    r["id"].clone(),
+                    r["ts"].clone(),
+                    Some(sub.clone()),
+                )
             }
         };
         let want = u64::try_from(i + 1).expect("small");
@@ -707,7 +728,10 @@ async fn fan_out_across_gateways_and_ingests() {
             json!(want),
             "publish {i} (one after the other) must get seq {want}"
         );
-        assert!(id.is_string() && ts.is_u64(), "publish answer: id {id}, ts {ts}");
+        assert!(
+            id.is_string() && ts.is_u64(),
+            "publish answer: id {id}, ts {ts}"
+        );
         expected.push((want, id, ts, from, data));
     }
 
@@ -757,7 +781,10 @@ async fn concurrent_publishes_through_both_ingests() {
                 let mut acks = Vec::new();
                 for j in 0..PER {
                     let b = api.publish(CH, json!({"task": k, "j": j})).await;
-                    acks.push((b["seqs"][CH].as_u64().expect("seq in the answer"), b["id"].clone()));
+                    acks.push((
+                        b["seqs"][CH].as_u64().expect("seq in the answer"),
+                        b["id"].clone(),
+                    ));
                 }
                 acks
             })
@@ -766,7 +793,10 @@ async fn concurrent_publishes_through_both_ingests() {
     let mut by_seq: BTreeMap<u64, Value> = BTreeMap::new();
     for task in tasks {
         for (seq, id) in join(task).await {
-            assert!(by_seq.insert(seq, id).is_none(), "seq {seq} acknowledged twice");
+            assert!(
+                by_seq.insert(seq, id).is_none(),
+                "seq {seq} acknowledged twice"
+            );
         }
     }
     let n = u64::try_from(TASKS * PER).expect("small");
@@ -807,8 +837,13 @@ async fn redis_restart_loses_no_acknowledged_message() {
     let apis = t.apis();
 
     let mut load = Load::start(&apis, 2, CH, Duration::from_millis(10));
-    load.wait_acks("before the outage", 20, |a| a.acked == 0, Duration::from_secs(20))
-        .await;
+    load.wait_acks(
+        "before the outage",
+        20,
+        |a| a.acked == 0,
+        Duration::from_secs(20),
+    )
+    .await;
 
     tokio::task::block_in_place(|| redis.kill());
     load.set_phase(1);
@@ -826,12 +861,36 @@ async fn redis_restart_loses_no_acknowledged_message() {
             "gateway {i} /readyz during the Redis outage (PROTOCOL.md section 7: stays ready)"
         );
     }
+    for (i, ing) in t.ingests.iter().enumerate() {
+        assert_eq!(
+            Api::new(ing).admin_status("/readyz").await,
+            Some(503),
+            "ingest {i} /readyz during the Redis outage (PROTOCOL.md section 8: readiness = store and bus reachable)"
+        );
+    }
 
     tokio::task::block_in_place(|| redis.restart())
         .unwrap_or_else(|e| panic!("restarting redis-server: {e}"));
-    load.set_phase(2);
-    load.wait_acks("after the restart", 20, |a| a.sent == 2, Duration::from_secs(30))
+    for ing in &t.ingests {
+        let api = Api::new(ing);
+        eventually(
+            Duration::from_secs(20),
+            "ingest /readyz back to 200 after Redis restarts",
+            || {
+                let api = &api;
+                async move { api.admin_status("/readyz").await == Some(200) }
+            },
+        )
         .await;
+    }
+    load.set_phase(2);
+    load.wait_acks(
+        "after the restart",
+        20,
+        |a| a.sent == 2,
+        Duration::from_secs(30),
+    )
+    .await;
     let (acks, refused) = load.stop().await;
     assert!(
         refused.is_empty(),
@@ -873,7 +932,11 @@ async fn redis_cluster_sharded_delivery() {
             break;
         }
     }
-    assert_eq!(by_master.len(), 3, "channels on three masters: {by_master:?}");
+    assert_eq!(
+        by_master.len(),
+        3,
+        "channels on three masters: {by_master:?}"
+    );
     let channels: Vec<String> = by_master.values().cloned().collect();
     let chs: Vec<&str> = channels.iter().map(String::as_str).collect();
 
@@ -894,7 +957,10 @@ async fn redis_cluster_sharded_delivery() {
                 for j in 0..PER {
                     let ch = &channels[(k + j) % channels.len()];
                     let b = api.publish(ch, json!({"task": k, "j": j})).await;
-                    acks.push((ch.clone(), b["seqs"][ch].as_u64().expect("seq in the answer")));
+                    acks.push((
+                        ch.clone(),
+                        b["seqs"][ch].as_u64().expect("seq in the answer"),
+                    ));
                 }
                 acks
             })
@@ -910,7 +976,11 @@ async fn redis_cluster_sharded_delivery() {
     for (ch, seqs) in &mut per_channel {
         seqs.sort_unstable();
         let n = u64::try_from(seqs.len()).expect("small");
-        assert_eq!(*seqs, (1..=n).collect::<Vec<_>>(), "acknowledged seqs of {ch}");
+        assert_eq!(
+            *seqs,
+            (1..=n).collect::<Vec<_>>(),
+            "acknowledged seqs of {ch}"
+        );
         want.push((ch.as_str(), n));
     }
     assert_eq!(want.len(), 3);
@@ -939,8 +1009,13 @@ async fn redis_cluster_failover_loses_no_acknowledged_message() {
     let key = format!("herald:{CH}");
 
     let mut load = Load::start(&apis, 2, CH, Duration::from_millis(10));
-    load.wait_acks("before the failover", 20, |a| a.acked == 0, Duration::from_secs(20))
-        .await;
+    load.wait_acks(
+        "before the failover",
+        20,
+        |a| a.acked == 0,
+        Duration::from_secs(20),
+    )
+    .await;
 
     let old = tokio::task::block_in_place(|| cluster.kill_master_of(&key));
     load.set_phase(1);
@@ -960,8 +1035,13 @@ async fn redis_cluster_failover_loses_no_acknowledged_message() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     load.set_phase(2);
-    load.wait_acks("after the failover", 20, |a| a.sent == 2, Duration::from_secs(30))
-        .await;
+    load.wait_acks(
+        "after the failover",
+        20,
+        |a| a.sent == 2,
+        Duration::from_secs(30),
+    )
+    .await;
     let (acks, refused) = load.stop().await;
     eprintln!(
         "failover {old} -> {new}: {} acks, {} sent and answered during the failover",
@@ -1001,12 +1081,23 @@ impl Member {
                 .allow("presence", &["room_*"])
                 .info(info.clone()),
         );
-        let (c, w) = Connect::new(&t.gateways[gw]).token(&tok).encoding(enc).ready().await;
+        let (c, w) = Connect::new(&t.gateways[gw])
+            .token(&tok)
+            .encoding(enc)
+            .ready()
+            .await;
         let conn = w["conn"]
             .as_str()
             .unwrap_or_else(|| panic!("welcome without conn: {w}"))
             .to_string();
-        Member { name, c, sub, conn, info, events: Vec::new() }
+        Member {
+            name,
+            c,
+            sub,
+            conn,
+            info,
+            events: Vec::new(),
+        }
     }
 
     /// `{sub, conn, info}` as in presence lists and events.
@@ -1169,16 +1260,27 @@ async fn presence_across_nodes() {
     let ttl = Duration::from_secs(PRESENCE_TTL);
     let survivors = roster(&[&a, &b]);
     wait_presence_op(&mut a, CH, &survivors, ttl + SLACK).await;
-    eprintln!("presence: gw-2's client left the lists {:?} after the kill", killed.elapsed());
-    wait_presence_http(&apis[0], CH, &survivors, (ttl + SLACK).saturating_sub(killed.elapsed()))
-        .await;
+    eprintln!(
+        "presence: gw-2's client left the lists {:?} after the kill",
+        killed.elapsed()
+    );
+    wait_presence_http(
+        &apis[0],
+        CH,
+        &survivors,
+        (ttl + SLACK).saturating_sub(killed.elapsed()),
+    )
+    .await;
     // Expired entries are swept every ttl / 3.
     let leave_by = ttl + ttl / 3 + SLACK;
     a.expect_event(CH, "leave", &cc, leave_by.saturating_sub(killed.elapsed()))
         .await;
     b.expect_event(CH, "leave", &cc, leave_by.saturating_sub(killed.elapsed()))
         .await;
-    eprintln!("presence: its leave reached gw-0 and gw-1 {:?} after the kill", killed.elapsed());
+    eprintln!(
+        "presence: its leave reached gw-0 and gw-1 {:?} after the kill",
+        killed.elapsed()
+    );
     wait_presence_op(&mut b, CH, &survivors, STEP).await;
 
     for m in [&a, &b, &c] {
@@ -1221,45 +1323,78 @@ async fn signals_across_nodes() {
         )
     };
     let mut members = Vec::new();
-    for (i, (sub, enc)) in [("user:a", Encoding::Json), ("user:b", Encoding::Msgpack), ("user:c", Encoding::Json)]
-        .into_iter()
-        .enumerate()
+    for (i, (sub, enc)) in [
+        ("user:a", Encoding::Json),
+        ("user:b", Encoding::Msgpack),
+        ("user:c", Encoding::Json),
+    ]
+    .into_iter()
+    .enumerate()
     {
-        let (mut c, _) = Connect::new(&t.gateways[i]).token(&tok(sub)).encoding(enc).ready().await;
+        let (mut c, _) = Connect::new(&t.gateways[i])
+            .token(&tok(sub))
+            .encoding(enc)
+            .ready()
+            .await;
         c.subscribe(CH).await;
         members.push(c);
     }
     // On A's node, subscribed to another channel only.
-    let (mut outsider, _) = Connect::new(&t.gateways[0]).token(&tok("user:d")).ready().await;
+    let (mut outsider, _) = Connect::new(&t.gateways[0])
+        .token(&tok("user:d"))
+        .ready()
+        .await;
     outsider.subscribe(OTHER).await;
-    let [a, b, c] = &mut members[..] else { unreachable!() };
+    let [a, b, c] = &mut members[..] else {
+        unreachable!()
+    };
 
-    let r = a.call_ok("signal", json!({"channel": CH, "data": {"typing": true}})).await;
+    let r = a
+        .call_ok("signal", json!({"channel": CH, "data": {"typing": true}}))
+        .await;
     assert_eq!(r, json!({}), "signal reply");
-    let from_a = json!({"type": "signal", "channel": CH, "from": "user:a", "data": {"typing": true}});
+    let from_a =
+        json!({"type": "signal", "channel": CH, "from": "user:a", "data": {"typing": true}});
     assert_eq!(next_signal(b, "b").await, from_a);
     assert_eq!(next_signal(c, "c").await, from_a);
 
     // B's signal is published after A's reached B and C, so A would see its
     // own signal first if it were echoed.
-    b.call_ok("signal", json!({"channel": CH, "data": {"n": 2}})).await;
+    b.call_ok("signal", json!({"channel": CH, "data": {"n": 2}}))
+        .await;
     let from_b = json!({"type": "signal", "channel": CH, "from": "user:b", "data": {"n": 2}});
-    assert_eq!(next_signal(a, "a").await, from_b, "a must not get its own signal");
+    assert_eq!(
+        next_signal(a, "a").await,
+        from_b,
+        "a must not get its own signal"
+    );
     assert_eq!(next_signal(c, "c").await, from_b);
-    c.call_ok("signal", json!({"channel": CH, "data": {"n": 3}})).await;
+    c.call_ok("signal", json!({"channel": CH, "data": {"n": 3}}))
+        .await;
     let from_c = json!({"type": "signal", "channel": CH, "from": "user:c", "data": {"n": 3}});
     assert_eq!(next_signal(a, "a").await, from_c);
-    assert_eq!(next_signal(b, "b").await, from_c, "b must not get its own signal");
+    assert_eq!(
+        next_signal(b, "b").await,
+        from_c,
+        "b must not get its own signal"
+    );
 
     // Through the ingest API, to every node.
     let (s, body) = api
-        .post("/v1/signal", &json!({"channel": CH, "data": {"n": 4}, "from": "backend"}))
+        .post(
+            "/v1/signal",
+            &json!({"channel": CH, "data": {"n": 4}, "from": "backend"}),
+        )
         .await;
     assert_eq!(s, 202, "POST /v1/signal: {body}");
     let from_api = json!({"type": "signal", "channel": CH, "from": "backend", "data": {"n": 4}});
     assert_eq!(next_signal(a, "a").await, from_api);
     assert_eq!(next_signal(b, "b").await, from_api);
-    assert_eq!(next_signal(c, "c").await, from_api, "c must not get its own signal");
+    assert_eq!(
+        next_signal(c, "c").await,
+        from_api,
+        "c must not get its own signal"
+    );
 
     // The outsider's first signal is the one of its own channel.
     let (s, body) = api
@@ -1267,10 +1402,17 @@ async fn signals_across_nodes() {
         .await;
     assert_eq!(s, 202, "POST /v1/signal: {body}");
     let v = next_signal(&mut outsider, "the outsider").await;
-    assert_eq!(v["channel"], OTHER, "a connection not subscribed to {CH} got {v}");
+    assert_eq!(
+        v["channel"], OTHER,
+        "a connection not subscribed to {CH} got {v}"
+    );
 
     let h = api.history(CH, &[]).await;
-    assert_eq!(h, json!({"messages": [], "last_seq": 0}), "signals are never stored");
+    assert_eq!(
+        h,
+        json!({"messages": [], "last_seq": 0}),
+        "signals are never stored"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -1293,7 +1435,13 @@ struct LbState {
 /// Reads `c` forever; on close 1012 reconnects through `lb_port` and
 /// subscribes to `ch` with `since` = the last seq seen (PROTOCOL.md section
 /// 6: "reconnect at once, with recovery").
-async fn lb_client(lb_port: u16, token: String, ch: &'static str, mut c: Client, st: Arc<Mutex<LbState>>) {
+async fn lb_client(
+    lb_port: u16,
+    token: String,
+    ch: &'static str,
+    mut c: Client,
+    st: Arc<Mutex<LbState>>,
+) {
     loop {
         match c.next_event(Duration::from_secs(3600)).await {
             Some(Event::Frame(v)) => {
@@ -1315,8 +1463,12 @@ async fn lb_client(lb_port: u16, token: String, ch: &'static str, mut c: Client,
                 lock(&st)
                     .nodes
                     .push(w["node"].as_str().unwrap_or_default().to_string());
-                let r = nc.call("subscribe", json!({"channel": ch, "since": since})).await;
-                lock(&st).resubscribes.push(json!({"since": since, "reply": r}));
+                let r = nc
+                    .call("subscribe", json!({"channel": ch, "since": since}))
+                    .await;
+                lock(&st)
+                    .resubscribes
+                    .push(json!({"since": since, "reply": r}));
                 c = nc;
             }
             Some(Event::End(e)) => {
@@ -1366,10 +1518,16 @@ async fn load_balancer_drain_and_reconnect() {
         let task = tokio::spawn(lb_client(lb.port(), token, CH, c, st.clone()));
         clients.push((st, task));
     }
-    let nodes: BTreeSet<String> = clients.iter().map(|(s, _)| lock(s).nodes[0].clone()).collect();
+    let nodes: BTreeSet<String> = clients
+        .iter()
+        .map(|(s, _)| lock(s).nodes[0].clone())
+        .collect();
     assert_eq!(
         nodes,
-        ["gw-0", "gw-1", "gw-2"].iter().map(|s| s.to_string()).collect(),
+        ["gw-0", "gw-1", "gw-2"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
         "nginx round robin must spread {CLIENTS} clients over all three gateways"
     );
     let drained: Vec<usize> = (0..CLIENTS)
@@ -1378,24 +1536,31 @@ async fn load_balancer_drain_and_reconnect() {
     assert!(!drained.is_empty());
 
     let mut load = Load::start(std::slice::from_ref(&api), 1, CH, Duration::from_millis(20));
-    let wait_all = |min: usize| {
-        clients
-            .iter()
-            .all(|(s, _)| lock(s).seqs.len() >= min)
-    };
+    let wait_all = |min: usize| clients.iter().all(|(s, _)| lock(s).seqs.len() >= min);
     let deadline = Instant::now() + Duration::from_secs(20);
     while !wait_all(3) {
-        assert!(Instant::now() < deadline, "clients did not receive 3 messages within 20 s");
+        assert!(
+            Instant::now() < deadline,
+            "clients did not receive 3 messages within 20 s"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
     let term = Instant::now();
     t.gateways[0].signal_term();
-    let status = t.gateways[0].wait_exit(Duration::from_secs(DRAIN + 5)).await;
+    let status = t.gateways[0]
+        .wait_exit(Duration::from_secs(DRAIN + 5))
+        .await;
     let status = status.unwrap_or_else(|| {
-        panic!("gw-0 still running {} s after SIGTERM (drain window {DRAIN} s + 5 s)", DRAIN + 5)
+        panic!(
+            "gw-0 still running {} s after SIGTERM (drain window {DRAIN} s + 5 s)",
+            DRAIN + 5
+        )
     });
-    assert!(status.success(), "gw-0 exit status after the drain: {status}");
+    assert!(
+        status.success(),
+        "gw-0 exit status after the drain: {status}"
+    );
     eprintln!("gw-0 exited {status} {:?} after SIGTERM", term.elapsed());
 
     // Every drained client reconnected elsewhere and recovered.
@@ -1415,7 +1580,10 @@ async fn load_balancer_drain_and_reconnect() {
         assert!(
             Instant::now() < deadline,
             "clients {waiting:?} of gw-0 did not reconnect within 15 s: {:?}",
-            waiting.iter().map(|i| format!("{:?}", lock(&clients[*i].0))).collect::<Vec<_>>()
+            waiting
+                .iter()
+                .map(|i| format!("{:?}", lock(&clients[*i].0)))
+                .collect::<Vec<_>>()
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -1431,26 +1599,47 @@ async fn load_balancer_drain_and_reconnect() {
             continue;
         }
         assert_eq!(s.closes, vec![Some(1012)], "client {i}: {s:?}");
-        assert_eq!(s.disconnects.len(), 1, "client {i}: one disconnect frame: {s:?}");
+        assert_eq!(
+            s.disconnects.len(),
+            1,
+            "client {i}: one disconnect frame: {s:?}"
+        );
         let d = &s.disconnects[0];
         assert_eq!(d["code"], 1012, "client {i}: {d}");
-        assert_eq!(d["reconnect"], true, "client {i}: 1012 means reconnect at once: {d}");
+        assert_eq!(
+            d["reconnect"], true,
+            "client {i}: 1012 means reconnect at once: {d}"
+        );
         assert!(d["reason"].is_string(), "client {i}: {d}");
         assert_eq!(s.nodes.len(), 2, "client {i}: {s:?}");
-        assert_ne!(s.nodes[1], "gw-0", "client {i} reconnected to the drained node: {s:?}");
+        assert_ne!(
+            s.nodes[1], "gw-0",
+            "client {i} reconnected to the drained node: {s:?}"
+        );
         let r = &s.resubscribes[0];
         let since = r["since"].as_u64().expect("since");
         let res = &r["reply"]["result"];
         assert_eq!(res["channel"], CH, "client {i}: {r}");
         assert_eq!(res["recovered"], true, "client {i}: {r}");
-        let seq = res["seq"].as_u64().unwrap_or_else(|| panic!("client {i}: {r}"));
+        let seq = res["seq"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("client {i}: {r}"));
         assert!(seq >= since, "client {i}: {r}");
-        assert_eq!(res["replayed"], json!(seq - since), "client {i}: replayed = seq - since: {r}");
+        assert_eq!(
+            res["replayed"],
+            json!(seq - since),
+            "client {i}: replayed = seq - since: {r}"
+        );
     }
 
     let acked = load.count(|_| true);
-    load.wait_acks("after the reconnections", acked + 20, |_| true, Duration::from_secs(20))
-        .await;
+    load.wait_acks(
+        "after the reconnections",
+        acked + 20,
+        |_| true,
+        Duration::from_secs(20),
+    )
+    .await;
     let (acks, refused) = load.stop().await;
     assert!(refused.is_empty(), "publishes refused: {refused:?}");
     let last = last_seq(&api, CH).await;
@@ -1520,12 +1709,16 @@ async fn publish_without_ingest_is_unavailable() {
     let (mut c, _) = Connect::new(&t.gateways[0]).token(&tok).ready().await;
     let r = c.publish(CH, json!({"n": 1})).await;
     assert_eq!(r["seq"], 1, "{r}");
-    let m = c.recv_until("message 1", |v| message_seq(v, CH).is_some()).await;
+    let m = c
+        .recv_until("message 1", |v| message_seq(v, CH).is_some())
+        .await;
     assert_eq!(m["seq"], 1, "{m}");
 
     t.ingests[0].kill();
     for n in [2, 3] {
-        let code = c.call_err("publish", json!({"channel": CH, "data": {"n": n}})).await;
+        let code = c
+            .call_err("publish", json!({"channel": CH, "data": {"n": n}}))
+            .await;
         assert_eq!(code, "unavailable", "publish with the ingest down");
         c.ping().await;
     }
@@ -1533,7 +1726,9 @@ async fn publish_without_ingest_is_unavailable() {
     t.ingests[0].restart().await;
     let r = c.publish(CH, json!({"n": 4})).await;
     assert_eq!(r["seq"], 2, "the refused publishes stored nothing: {r}");
-    let m = c.recv_until("message 2", |v| message_seq(v, CH).is_some()).await;
+    let m = c
+        .recv_until("message 2", |v| message_seq(v, CH).is_some())
+        .await;
     assert_eq!(m["seq"], 2, "{m}");
     assert_eq!(m["data"], json!({"n": 4}), "{m}");
 
@@ -1541,8 +1736,13 @@ async fn publish_without_ingest_is_unavailable() {
     let (mut q, w) = Connect::new(&bad).token(&tok).ready().await;
     assert_eq!(w["node"], "gw-bad");
     for n in [1, 2] {
-        let code = q.call_err("publish", json!({"channel": CH, "data": {"n": n}})).await;
-        assert_eq!(code, "unavailable", "publish through a gateway whose ingest URL is dead");
+        let code = q
+            .call_err("publish", json!({"channel": CH, "data": {"n": n}}))
+            .await;
+        assert_eq!(
+            code, "unavailable",
+            "publish through a gateway whose ingest URL is dead"
+        );
         q.ping().await;
     }
 }

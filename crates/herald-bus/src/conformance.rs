@@ -86,7 +86,10 @@ pub async fn delivers_to_subscribed_only(bus: Arc<dyn Bus>) {
     }
     let got = wait_for(&rec, 20).await;
     let want: Vec<Envelope> = (1..=20).map(|i| msg("conf_a", i)).collect();
-    assert_eq!(got, want, "exactly conf_a's envelopes, in order, byte-exact");
+    assert_eq!(
+        got, want,
+        "exactly conf_a's envelopes, in order, byte-exact"
+    );
 }
 
 /// Two attached nodes both receive a channel they both subscribe to.
@@ -110,7 +113,9 @@ pub async fn several_nodes(bus1: Arc<dyn Bus>, bus2: Arc<dyn Bus>) {
 pub async fn unsubscribe_stops(bus: Arc<dyn Bus>) {
     let rec = Arc::new(Recorder::default());
     let sub = bus.attach(rec.clone());
-    sub.subscribe(&[ch("conf_u"), ch("conf_marker")]).await.expect("subscribe");
+    sub.subscribe(&[ch("conf_u"), ch("conf_marker")])
+        .await
+        .expect("subscribe");
     bus.publish(&msg("conf_u", 1)).await.expect("publish");
     wait_for(&rec, 1).await;
     sub.unsubscribe(&[ch("conf_u")]).await.expect("unsubscribe");
@@ -127,7 +132,9 @@ pub async fn signal_and_presence_kinds(bus: Arc<dyn Bus>) {
     let sub = bus.attach(rec.clone());
     sub.subscribe(&[ch("conf_s")]).await.expect("subscribe");
     let d = JsonData::from_value(&serde_json::json!({"typing": true}));
-    bus.publish(&Envelope::signal(ch("conf_s"), Some("op:1".into()), &d)).await.expect("publish");
+    bus.publish(&Envelope::signal(ch("conf_s"), Some("op:1".into()), &d))
+        .await
+        .expect("publish");
     let got = wait_for(&rec, 1).await;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].k, Kind::Signal);
@@ -144,8 +151,16 @@ where
     let p = make().await;
     let c = ch("conf_p");
     assert!(p.list(&c).await.expect("list").is_empty());
-    let a = ClientInfo { sub: "u:1".into(), conn: "c_a".into(), info: Some(serde_json::json!({"name":"A"})) };
-    let b = ClientInfo { sub: "u:2".into(), conn: "c_b".into(), info: None };
+    let a = ClientInfo {
+        sub: "u:1".into(),
+        conn: "c_a".into(),
+        info: Some(serde_json::json!({"name":"A"})),
+    };
+    let b = ClientInfo {
+        sub: "u:2".into(),
+        conn: "c_b".into(),
+        info: None,
+    };
     p.join(&c, &a).await.expect("join");
     p.join(&c, &b).await.expect("join");
     p.join(&c, &a).await.expect("join twice is harmless");

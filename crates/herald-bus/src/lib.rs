@@ -14,9 +14,9 @@
 //! reorder messages across publishers; gateways repair that by seq.
 
 use async_trait::async_trait;
+use herald_protocol::ChannelName;
 use herald_protocol::bus::Envelope;
 use herald_protocol::server::ClientInfo;
-use herald_protocol::ChannelName;
 use std::sync::Arc;
 
 pub mod conformance;

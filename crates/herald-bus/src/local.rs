@@ -7,9 +7,9 @@
 
 use crate::{Bus, BusError, BusHandler, BusSubscriber, Presence};
 use async_trait::async_trait;
+use herald_protocol::ChannelName;
 use herald_protocol::bus::Envelope;
 use herald_protocol::server::ClientInfo;
-use herald_protocol::ChannelName;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
@@ -42,7 +42,11 @@ impl LocalBus {
 impl Bus for LocalBus {
     async fn publish(&self, env: &Envelope) -> Result<(), BusError> {
         let targets: Vec<Arc<LocalSubscriber>> = {
-            let attached = self.inner.attached.read().unwrap_or_else(|e| e.into_inner());
+            let attached = self
+                .inner
+                .attached
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
             attached.iter().filter_map(Weak::upgrade).collect()
         };
         for t in targets {
@@ -63,7 +67,11 @@ impl Bus for LocalBus {
             handler,
             channels: Mutex::new(HashSet::new()),
         });
-        let mut attached = self.inner.attached.write().unwrap_or_else(|e| e.into_inner());
+        let mut attached = self
+            .inner
+            .attached
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
         attached.retain(|w| w.strong_count() > 0);
         attached.push(Arc::downgrade(&sub));
         sub

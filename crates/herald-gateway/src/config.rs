@@ -231,7 +231,11 @@ mod tests {
 
     #[test]
     fn route_matching() {
-        let r = Route::new("/ws/chat/{conversation_id}", &["chat_{conversation_id}".into()]).unwrap();
+        let r = Route::new(
+            "/ws/chat/{conversation_id}",
+            &["chat_{conversation_id}".into()],
+        )
+        .unwrap();
         let got = r.channels_for("/ws/chat/42").unwrap().unwrap();
         assert_eq!(got[0].as_str(), "chat_42");
         assert!(r.channels_for("/ws/chat").is_none());

@@ -10,12 +10,12 @@
 //!   message after the reply's seq is either replayed or buffered; the reply
 //!   goes first, then the replay, then the buffer, then live messages.
 
+use crate::Inner;
 use crate::hub::{AddError, ConnHandle, GoLive};
 use crate::ingest::PublishCall;
 use crate::metrics as m;
 use crate::outbox::{Outbox, Take};
 use crate::ws::{self, FrameReader, InFrame, InOp, ReadError};
-use crate::Inner;
 use bytes::{Bytes, BytesMut};
 use herald_auth::{ConnClaims, GrantOp};
 use herald_protocol::bus::Envelope;
@@ -296,7 +296,9 @@ async fn read_side(
 
 fn expiry_deadline(c: &ConnClaims, leeway: Duration) -> Option<tokio::time::Instant> {
     let at = c.expires_at()? + leeway;
-    let left = at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
+    let left = at
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO);
     Some(tokio::time::Instant::now() + left)
 }
 
@@ -308,7 +310,10 @@ async fn linger(mut rd: FrameReader<Reader>, done: &CancellationToken) {
         done.cancelled().await;
         loop {
             match rd.read().await {
-                Ok(InFrame { op: InOp::Close, .. }) | Err(_) => break,
+                Ok(InFrame {
+                    op: InOp::Close, ..
+                })
+                | Err(_) => break,
                 Ok(_) => {}
             }
         }
@@ -416,7 +421,10 @@ impl Conn {
             .hub
             .add(ch, &self.handle, presence, cap)
             .map_err(|AddError::Cap| {
-                ReqError::new(ErrorCode::LimitReached, format!("{ch} has reached its subscriber limit on this node"))
+                ReqError::new(
+                    ErrorCode::LimitReached,
+                    format!("{ch} has reached its subscriber limit on this node"),
+                )
             })?;
         match self.position(ch, since).await {
             Ok(r) => {
@@ -430,7 +438,11 @@ impl Conn {
         }
     }
 
-    async fn position(&self, ch: &ChannelName, since: Option<u64>) -> Result<(SubResult, Plan), ReqError> {
+    async fn position(
+        &self,
+        ch: &ChannelName,
+        since: Option<u64>,
+    ) -> Result<(SubResult, Plan), ReqError> {
         self.gw
             .hub
             .bus_ready(ch)
@@ -438,14 +450,32 @@ impl Conn {
             .map_err(|e| ReqError::new(ErrorCode::Unavailable, format!("bus unavailable: {e}")))?;
         let ingest_err = |e: crate::ingest::IngestError| ReqError::new(e.code, e.message);
         let Some(since) = since else {
-            let pos = self.gw.ingest_positions(std::slice::from_ref(ch)).await.map_err(ingest_err)?;
+            let pos = self
+                .gw
+                .ingest_positions(std::slice::from_ref(ch))
+                .await
+                .map_err(ingest_err)?;
             let seq = pos.first().copied().unwrap_or(0);
             return Ok((
-                SubResult { channel: ch.clone(), seq, recovered: None, replayed: None },
-                Plan { channel: ch.clone(), after: seq, replay_from: None, first_page: Vec::new() },
+                SubResult {
+                    channel: ch.clone(),
+                    seq,
+                    recovered: None,
+                    replayed: None,
+                },
+                Plan {
+                    channel: ch.clone(),
+                    after: seq,
+                    replay_from: None,
+                    first_page: Vec::new(),
+                },
             ));
         };
-        let page = self.gw.ingest_history(ch, since, 100).await.map_err(ingest_err)?;
+        let page = self
+            .gw
+            .ingest_history(ch, since, 100)
+            .await
+            .map_err(ingest_err)?;
         let last = page.last_seq;
         let behind = last.saturating_sub(since);
         let contiguous = match page.messages.first() {
@@ -455,7 +485,12 @@ impl Conn {
         let recovered = since <= last && behind <= self.gw.cfg.limits.max_replay && contiguous;
         let replayed = if recovered { behind } else { 0 };
         Ok((
-            SubResult { channel: ch.clone(), seq: last, recovered: Some(recovered), replayed: Some(replayed) },
+            SubResult {
+                channel: ch.clone(),
+                seq: last,
+                recovered: Some(recovered),
+                replayed: Some(replayed),
+            },
             Plan {
                 channel: ch.clone(),
                 after: last,
@@ -470,7 +505,9 @@ impl Conn {
     async fn finish(&mut self, plan: Plan) -> bool {
         let ch = plan.channel.clone();
         if let Some(from) = plan.replay_from
-            && !self.send_history(&ch, from, plan.after, plan.first_page).await
+            && !self
+                .send_history(&ch, from, plan.after, plan.first_page)
+                .await
         {
             return false;
         }
@@ -526,7 +563,11 @@ impl Conn {
                 next = msg.seq + 1;
                 progressed = true;
                 msg.kind = Some(herald_protocol::server::MessageKind::Message);
-                if !self.handle.outbox.push_unbounded(ws::encode_frame(self.enc(), &msg)) {
+                if !self
+                    .handle
+                    .outbox
+                    .push_unbounded(ws::encode_frame(self.enc(), &msg))
+                {
                     return false;
                 }
             }
@@ -695,21 +736,33 @@ impl Conn {
                 self.push(&Pong { kind: "pong", id });
                 Ok(())
             }
-            Op::Subscribe { channel, since, token } => self.subscribe(id, channel, since, token).await,
+            Op::Subscribe {
+                channel,
+                since,
+                token,
+            } => self.subscribe(id, channel, since, token).await,
             Op::Unsubscribe { channel } => {
                 if self.subs.remove(&channel).is_some() {
                     self.leave(&channel).await;
                     self.reply_ok(id, &Empty {});
                     Ok(())
                 } else {
-                    Err(ReqError::new(ErrorCode::NotSubscribed, format!("not subscribed to {channel}")))
+                    Err(ReqError::new(
+                        ErrorCode::NotSubscribed,
+                        format!("not subscribed to {channel}"),
+                    ))
                 }
             }
             Op::Publish { channel, data, key } => {
                 if !self.claims.allows(GrantOp::Publish, &channel) {
                     Err(forbidden("publish", &channel))
                 } else {
-                    let call = PublishCall { channel, data, key, publisher: self.claims.sub.clone() };
+                    let call = PublishCall {
+                        channel,
+                        data,
+                        key,
+                        publisher: self.claims.sub.clone(),
+                    };
                     match self.gw.ingest_publish(call).await {
                         Ok(res) => {
                             self.reply_ok(id, &res);
@@ -731,7 +784,10 @@ impl Conn {
                             self.reply_ok(id, &Empty {});
                             Ok(())
                         }
-                        Err(e) => Err(ReqError::new(ErrorCode::Unavailable, format!("bus unavailable: {e}"))),
+                        Err(e) => Err(ReqError::new(
+                            ErrorCode::Unavailable,
+                            format!("bus unavailable: {e}"),
+                        )),
                     }
                 }
             }
@@ -744,7 +800,10 @@ impl Conn {
                             self.reply_ok(id, &PresenceList { clients });
                             Ok(())
                         }
-                        Err(e) => Err(ReqError::new(ErrorCode::Unavailable, format!("presence unavailable: {e}"))),
+                        Err(e) => Err(ReqError::new(
+                            ErrorCode::Unavailable,
+                            format!("presence unavailable: {e}"),
+                        )),
                     }
                 }
             }
@@ -772,14 +831,26 @@ impl Conn {
                 .first()
                 .copied()
                 .unwrap_or(0);
-            self.reply_ok(id, &SubResult { channel: ch, seq, recovered: None, replayed: None });
+            self.reply_ok(
+                id,
+                &SubResult {
+                    channel: ch,
+                    seq,
+                    recovered: None,
+                    replayed: None,
+                },
+            );
             return Ok(());
         }
         let via_sub_token = if self.claims.allows(GrantOp::Subscribe, &ch) {
             false
         } else {
             match token {
-                Some(t) => match self.gw.verifier.verify_subscription(&t, &self.claims.sub, &ch) {
+                Some(t) => match self
+                    .gw
+                    .verifier
+                    .verify_subscription(&t, &self.claims.sub, &ch)
+                {
                     Ok(()) => true,
                     Err(e) => {
                         tracing::debug!(error = %e, channel = %ch, "subscription token rejected");
@@ -792,7 +863,10 @@ impl Conn {
         if self.subs.len() >= self.gw.cfg.limits.max_subscriptions_per_connection {
             return Err(ReqError::new(
                 ErrorCode::LimitReached,
-                format!("at most {} subscriptions per connection", self.gw.cfg.limits.max_subscriptions_per_connection),
+                format!(
+                    "at most {} subscriptions per connection",
+                    self.gw.cfg.limits.max_subscriptions_per_connection
+                ),
             ));
         }
         let (res, plan) = self.prepare(&ch, since, via_sub_token).await?;
@@ -825,8 +899,18 @@ impl Conn {
     async fn refresh(&mut self, id: i64, token: &str) -> Result<(), ReqError> {
         let claims = match self.gw.verifier.verify(token) {
             Ok(c) if c.sub == self.claims.sub => c,
-            Ok(_) => return Err(ReqError::new(ErrorCode::Forbidden, "refresh token names another sub")),
-            Err(e) => return Err(ReqError::new(ErrorCode::Forbidden, format!("refresh token rejected: {e}"))),
+            Ok(_) => {
+                return Err(ReqError::new(
+                    ErrorCode::Forbidden,
+                    "refresh token names another sub",
+                ));
+            }
+            Err(e) => {
+                return Err(ReqError::new(
+                    ErrorCode::Forbidden,
+                    format!("refresh token rejected: {e}"),
+                ));
+            }
         };
         self.expires = expiry_deadline(&claims, self.gw.verifier.leeway());
         self.claims = claims;
@@ -840,7 +924,11 @@ impl Conn {
         for ch in ended {
             self.subs.remove(&ch);
             self.leave(&ch).await;
-            self.push(&Unsubscribed { kind: "unsubscribed", channel: &ch, reason: ErrorCode::Forbidden });
+            self.push(&Unsubscribed {
+                kind: "unsubscribed",
+                channel: &ch,
+                reason: ErrorCode::Forbidden,
+            });
         }
         Ok(())
     }
@@ -856,4 +944,3 @@ impl Conn {
 fn forbidden(what: &str, ch: &ChannelName) -> ReqError {
     ReqError::new(ErrorCode::Forbidden, format!("not allowed to {what} {ch}"))
 }
-

@@ -80,19 +80,23 @@ impl HttpIngest {
             let req = req
                 .body(Full::new(Bytes::from(body.clone().unwrap_or_default())))
                 .map_err(|e| IngestError::unavailable(format!("bad ingest request: {e}")))?;
-            let resp = match tokio::time::timeout(self.attempt_timeout, self.client.request(req)).await {
-                Ok(Ok(r)) => r,
-                Ok(Err(e)) => {
-                    last = IngestError::unavailable(format!("ingest unreachable: {e}"));
-                    continue;
-                }
-                Err(_) => {
-                    last = IngestError::unavailable("ingest timed out");
-                    continue;
-                }
-            };
+            let resp =
+                match tokio::time::timeout(self.attempt_timeout, self.client.request(req)).await {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(e)) => {
+                        last = IngestError::unavailable(format!("ingest unreachable: {e}"));
+                        continue;
+                    }
+                    Err(_) => {
+                        last = IngestError::unavailable("ingest timed out");
+                        continue;
+                    }
+                };
             let status = resp.status();
-            let bytes = match Limited::new(resp.into_body(), MAX_ANSWER_BYTES).collect().await {
+            let bytes = match Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
+                .collect()
+                .await
+            {
                 Ok(c) => c.to_bytes(),
                 Err(e) => {
                     last = IngestError::unavailable(format!("reading ingest answer: {e}"));
@@ -100,8 +104,9 @@ impl HttpIngest {
                 }
             };
             if status.is_success() {
-                return serde_json::from_slice(&bytes)
-                    .map_err(|e| IngestError::unavailable(format!("unreadable ingest answer: {e}")));
+                return serde_json::from_slice(&bytes).map_err(|e| {
+                    IngestError::unavailable(format!("unreadable ingest answer: {e}"))
+                });
             }
             #[derive(serde::Deserialize)]
             struct ErrAnswer {
@@ -109,7 +114,12 @@ impl HttpIngest {
             }
             let err = serde_json::from_slice::<ErrAnswer>(&bytes)
                 .ok()
-                .and_then(|a| ErrorCode::parse(&a.error.code).map(|c| IngestError { code: c, message: a.error.message }))
+                .and_then(|a| {
+                    ErrorCode::parse(&a.error.code).map(|c| IngestError {
+                        code: c,
+                        message: a.error.message,
+                    })
+                })
                 .unwrap_or_else(|| IngestError::unavailable(format!("ingest answered {status}")));
             if status == http::StatusCode::SERVICE_UNAVAILABLE {
                 last = err;
@@ -118,7 +128,10 @@ impl HttpIngest {
             // The API key or a gateway bug: the client can do nothing.
             if matches!(err.code, ErrorCode::Unauthorized | ErrorCode::NotFound) {
                 tracing::error!(code = %err.code, message = %err.message, "ingest refused the gateway");
-                return Err(IngestError { code: ErrorCode::Internal, message: "gateway misconfigured".into() });
+                return Err(IngestError {
+                    code: ErrorCode::Internal,
+                    message: "gateway misconfigured".into(),
+                });
             }
             return Err(err);
         }
@@ -142,19 +155,34 @@ impl Ingest for HttpIngest {
             "key": key,
             "from": call.publisher,
         });
-        let body = serde_json::to_vec(&body).map_err(|e| IngestError::unavailable(e.to_string()))?;
+        let body =
+            serde_json::to_vec(&body).map_err(|e| IngestError::unavailable(e.to_string()))?;
         let a: PublishAnswer = self
-            .call(http::Method::POST, "/v1/publish", Some(body), Some(&call.publisher))
+            .call(
+                http::Method::POST,
+                "/v1/publish",
+                Some(body),
+                Some(&call.publisher),
+            )
             .await?;
         let seq = a
             .seqs
             .get(call.channel.as_str())
             .copied()
             .ok_or_else(|| IngestError::unavailable("ingest answer lacks the channel's seq"))?;
-        Ok(PublishResult { id: a.id, seq, ts: a.ts })
+        Ok(PublishResult {
+            id: a.id,
+            seq,
+            ts: a.ts,
+        })
     }
 
-    async fn history(&self, channel: &ChannelName, after: u64, limit: u32) -> Result<HistoryPage, IngestError> {
+    async fn history(
+        &self,
+        channel: &ChannelName,
+        after: u64,
+        limit: u32,
+    ) -> Result<HistoryPage, IngestError> {
         let path = format!("/v1/channels/{channel}/messages?after={after}&limit={limit}");
         self.call(http::Method::GET, &path, None, None).await
     }
@@ -162,7 +190,9 @@ impl Ingest for HttpIngest {
     async fn positions(&self, channels: &[ChannelName]) -> Result<Vec<u64>, IngestError> {
         let body = serde_json::to_vec(&serde_json::json!({ "channels": channels }))
             .map_err(|e| IngestError::unavailable(e.to_string()))?;
-        let a: PositionsAnswer = self.call(http::Method::POST, "/v1/positions", Some(body), None).await?;
+        let a: PositionsAnswer = self
+            .call(http::Method::POST, "/v1/positions", Some(body), None)
+            .await?;
         Ok(channels
             .iter()
             .map(|c| a.positions.get(c.as_str()).copied().unwrap_or(0))

@@ -115,7 +115,11 @@ enum EphemeralFrame {
 impl Ephemeral {
     fn bytes(&self, enc: Encoding) -> &Bytes {
         self.encoded[enc.index()].get_or_init(|| match &self.frame {
-            EphemeralFrame::Signal { channel, from, data } => ws::encode_frame(
+            EphemeralFrame::Signal {
+                channel,
+                from,
+                data,
+            } => ws::encode_frame(
                 enc,
                 &server::Signal {
                     kind: "signal",
@@ -142,8 +146,16 @@ impl Ephemeral {
 }
 
 /// Publishes a presence `join` or `leave` event on the bus.
-pub async fn publish_presence(bus: &dyn herald_bus::Bus, ch: &ChannelName, event: &str, client: ClientInfo) {
-    let payload = PresencePayload { event: event.into(), client };
+pub async fn publish_presence(
+    bus: &dyn herald_bus::Bus,
+    ch: &ChannelName,
+    event: &str,
+    client: ClientInfo,
+) {
+    let payload = PresencePayload {
+        event: event.into(),
+        client,
+    };
     let data = serde_json::to_vec(&payload).expect("presence payload serializes");
     let env = Envelope {
         v: herald_protocol::bus::ENVELOPE_VERSION,
@@ -234,7 +246,10 @@ pub enum GoLive {
 }
 
 enum BusCmd {
-    Subscribe(ChannelName, oneshot::Sender<Result<(), herald_bus::BusError>>),
+    Subscribe(
+        ChannelName,
+        oneshot::Sender<Result<(), herald_bus::BusError>>,
+    ),
     Unsubscribe(ChannelName),
 }
 
@@ -479,7 +494,9 @@ impl Hub {
         loop {
             let after = {
                 let mut shard = self.shard(ch.as_str());
-                let Some(chan) = shard.get_mut(ch) else { return };
+                let Some(chan) = shard.get_mut(ch) else {
+                    return;
+                };
                 let Some(last) = chan.last else {
                     chan.fill_scheduled = false;
                     return;
@@ -503,7 +520,9 @@ impl Hub {
                         self.on_message(Arc::new(Msg::from_history(item)));
                     }
                     let mut shard = self.shard(ch.as_str());
-                    let Some(chan) = shard.get_mut(ch) else { return };
+                    let Some(chan) = shard.get_mut(ch) else {
+                        return;
+                    };
                     if chan.last == Some(after) {
                         // No progress: seq `after + 1` is not in history
                         // (evicted by retention, or never committed), and
@@ -523,7 +542,9 @@ impl Hub {
                                     if let SubState::Live { after: a } = sub.state
                                         && a < first - 1
                                     {
-                                        sub.conn.outbox.close(herald_protocol::CloseCode::ServiceRestart);
+                                        sub.conn
+                                            .outbox
+                                            .close(herald_protocol::CloseCode::ServiceRestart);
                                     }
                                 }
                                 chan.last = Some(first - 1);
@@ -632,7 +653,9 @@ fn deliver_message(chan: &mut Channel, msg: &Msg, max_buffer: usize) {
                 let b = msg.bytes(sub.conn.enc).clone();
                 *bytes += b.len();
                 if *bytes > max_buffer {
-                    sub.conn.outbox.close_now(herald_protocol::CloseCode::SlowConsumer);
+                    sub.conn
+                        .outbox
+                        .close_now(herald_protocol::CloseCode::SlowConsumer);
                 } else {
                     buf.push((Some(msg.seq), b));
                 }
@@ -776,16 +799,34 @@ mod tests {
         async fn publish(&self, _: PublishCall) -> Result<PublishResult, IngestError> {
             Err(IngestError::unavailable("not used"))
         }
-        async fn history(&self, ch: &ChannelName, after: u64, limit: u32) -> Result<HistoryPage, IngestError> {
+        async fn history(
+            &self,
+            ch: &ChannelName,
+            after: u64,
+            limit: u32,
+        ) -> Result<HistoryPage, IngestError> {
             let m = self.msgs.lock().unwrap();
             let all: Vec<_> = m.iter().filter(|x| x.channel == *ch).cloned().collect();
             let last_seq = all.iter().map(|x| x.seq).max().unwrap_or(0);
-            let messages = all.into_iter().filter(|x| x.seq > after).take(limit as usize).collect();
+            let messages = all
+                .into_iter()
+                .filter(|x| x.seq > after)
+                .take(limit as usize)
+                .collect();
             Ok(HistoryPage { messages, last_seq })
         }
         async fn positions(&self, chs: &[ChannelName]) -> Result<Vec<u64>, IngestError> {
             let m = self.msgs.lock().unwrap();
-            Ok(chs.iter().map(|c| m.iter().filter(|x| x.channel == *c).map(|x| x.seq).max().unwrap_or(0)).collect())
+            Ok(chs
+                .iter()
+                .map(|c| {
+                    m.iter()
+                        .filter(|x| x.channel == *c)
+                        .map(|x| x.seq)
+                        .max()
+                        .unwrap_or(0)
+                })
+                .collect())
         }
     }
 
@@ -816,7 +857,12 @@ mod tests {
             let bus = LocalBus::new();
             let history = Arc::new(MemHistory::default());
             let b = bus.clone();
-            let hub = Hub::new(history.clone(), move |h| b.attach(h), Duration::from_millis(200), 1 << 20);
+            let hub = Hub::new(
+                history.clone(),
+                move |h| b.attach(h),
+                Duration::from_millis(200),
+                1 << 20,
+            );
             Self { hub, bus, history }
         }
 
@@ -850,7 +896,9 @@ mod tests {
         let mut out = Vec::new();
         while out.len() < n {
             let take = tokio::time::timeout(Duration::from_secs(30), conn.outbox.take()).await;
-            let Ok(Take::Frames(frames)) = take else { break };
+            let Ok(Take::Frames(frames)) = take else {
+                break;
+            };
             for f in frames {
                 // Unmasked server frames: header of 2 bytes below 126.
                 let v: serde_json::Value = serde_json::from_slice(&f[2..]).unwrap();
@@ -910,7 +958,10 @@ mod tests {
         // seq 2 was committed, lost on the bus and evicted from history.
         f.commit(3, true).await;
         let take = tokio::time::timeout(Duration::from_secs(30), c.outbox.take()).await;
-        assert!(matches!(take, Ok(Take::Close(herald_protocol::CloseCode::ServiceRestart))));
+        assert!(matches!(
+            take,
+            Ok(Take::Close(herald_protocol::CloseCode::ServiceRestart))
+        ));
     }
 
     #[tokio::test(start_paused = true)]
@@ -964,9 +1015,20 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn cap_refuses_past_the_limit() {
         let f = Fixture::new();
-        let conn = |n: u64| Arc::new(ConnHandle { num: n, id: Arc::from("x"), enc: Encoding::Json, outbox: Outbox::new(10), client: OnceLock::new() });
+        let conn = |n: u64| {
+            Arc::new(ConnHandle {
+                num: n,
+                id: Arc::from("x"),
+                enc: Encoding::Json,
+                outbox: Outbox::new(10),
+                client: OnceLock::new(),
+            })
+        };
         assert!(f.hub.add(&ch(), &conn(1), false, Some(1)).is_ok());
-        assert_eq!(f.hub.add(&ch(), &conn(2), false, Some(1)), Err(AddError::Cap));
+        assert_eq!(
+            f.hub.add(&ch(), &conn(2), false, Some(1)),
+            Err(AddError::Cap)
+        );
         assert!(f.hub.remove(&ch(), 1));
         assert!(!f.hub.has_channel(&ch()));
     }

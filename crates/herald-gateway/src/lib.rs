@@ -114,7 +114,12 @@ impl Inner {
         self.timed(self.ingest.publish(call)).await
     }
 
-    async fn ingest_history(&self, ch: &ChannelName, after: u64, limit: u32) -> Result<HistoryPage, IngestError> {
+    async fn ingest_history(
+        &self,
+        ch: &ChannelName,
+        after: u64,
+        limit: u32,
+    ) -> Result<HistoryPage, IngestError> {
         self.timed(self.ingest.history(ch, after, limit)).await
     }
 
@@ -200,7 +205,9 @@ impl Gateway {
                                 hub::publish_presence(&*inner.bus, &ch, "leave", client).await;
                             }
                         }
-                        Err(e) => tracing::warn!(error = %e, channel = %ch, "presence expiry failed"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, channel = %ch, "presence expiry failed")
+                        }
                     }
                 }
             }
@@ -210,12 +217,23 @@ impl Gateway {
 
     /// Whether `path` is a WebSocket endpoint: `/ws` or a configured route.
     pub fn is_ws_path(&self, path: &str) -> bool {
-        path == "/ws" || self.inner.cfg.routes.iter().any(|r| r.channels_for(path).is_some())
+        path == "/ws"
+            || self
+                .inner
+                .cfg
+                .routes
+                .iter()
+                .any(|r| r.channels_for(path).is_some())
     }
 
     /// Open connections on this node.
     pub fn connection_count(&self) -> usize {
-        self.inner.registry.lock().unwrap_or_else(|e| e.into_inner()).conns.len()
+        self.inner
+            .registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .conns
+            .len()
     }
 
     /// Whether the node is draining (then `/readyz` is 503).
@@ -259,9 +277,20 @@ impl Gateway {
         let route_channels = if path == "/ws" {
             Vec::new()
         } else {
-            match self.inner.cfg.routes.iter().find_map(|r| r.channels_for(&path)) {
+            match self
+                .inner
+                .cfg
+                .routes
+                .iter()
+                .find_map(|r| r.channels_for(&path))
+            {
                 Some(Ok(chs)) => chs,
-                Some(Err(_)) => return plain(StatusCode::BAD_REQUEST, "route parameter makes an invalid channel name\n"),
+                Some(Err(_)) => {
+                    return plain(
+                        StatusCode::BAD_REQUEST,
+                        "route parameter makes an invalid channel name\n",
+                    );
+                }
                 None => return plain(StatusCode::NOT_FOUND, "not found\n"),
             }
         };
@@ -270,7 +299,10 @@ impl Gateway {
             req.headers()
                 .get(http::header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+                .and_then(|v| {
+                    v.strip_prefix("Bearer ")
+                        .or_else(|| v.strip_prefix("bearer "))
+                })
                 .map(|t| t.trim().to_owned())
         });
         let mut recover = HashMap::new();
@@ -283,13 +315,23 @@ impl Gateway {
                     Some((c, s)) => {
                         recover.insert(c, s);
                     }
-                    None => return plain(StatusCode::BAD_REQUEST, "malformed recover parameter: expected channel:seq,...\n"),
+                    None => {
+                        return plain(
+                            StatusCode::BAD_REQUEST,
+                            "malformed recover parameter: expected channel:seq,...\n",
+                        );
+                    }
                 }
             }
         }
         let (mut resp, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
             Ok(x) => x,
-            Err(e) => return plain(StatusCode::BAD_REQUEST, &format!("bad upgrade request: {e}\n")),
+            Err(e) => {
+                return plain(
+                    StatusCode::BAD_REQUEST,
+                    &format!("bad upgrade request: {e}\n"),
+                );
+            }
         };
         if echo {
             resp.headers_mut().insert(
@@ -298,7 +340,13 @@ impl Gateway {
             );
         }
         let inner = self.inner.clone();
-        let hs = conn::Handshake { enc, token, recover, route_channels, peer };
+        let hs = conn::Handshake {
+            enc,
+            token,
+            recover,
+            route_channels,
+            peer,
+        };
         self.inner.tracker.spawn(async move {
             let ws = match fut.await {
                 Ok(ws) => ws,
@@ -319,11 +367,19 @@ impl Gateway {
     pub async fn drain(&self) {
         self.inner.draining.store(true, Ordering::SeqCst);
         let conns: Vec<Arc<ConnHandle>> = {
-            let r = self.inner.registry.lock().unwrap_or_else(|e| e.into_inner());
+            let r = self
+                .inner
+                .registry
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             r.conns.values().cloned().collect()
         };
         let window = self.inner.cfg.limits.drain_window;
-        tracing::info!(connections = conns.len(), window_s = window.as_secs_f64(), "draining");
+        tracing::info!(
+            connections = conns.len(),
+            window_s = window.as_secs_f64(),
+            "draining"
+        );
         if !conns.is_empty() {
             let step = window / u32::try_from(conns.len()).unwrap_or(u32::MAX).max(1);
             for c in conns {
@@ -351,7 +407,10 @@ fn split_upgraded(io: TokioIo<hyper::upgrade::Upgraded>) -> (conn::Reader, conn:
                 (Box::new(r), Box::new(w))
             } else {
                 let pre = std::io::Cursor::new(Bytes::copy_from_slice(&parts.read_buf));
-                (Box::new(tokio::io::AsyncReadExt::chain(pre, r)), Box::new(w))
+                (
+                    Box::new(tokio::io::AsyncReadExt::chain(pre, r)),
+                    Box::new(w),
+                )
             }
         }
         Err(upgraded) => {
@@ -380,7 +439,9 @@ fn percent_decode(s: &str) -> String {
         match b[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < b.len() => {
-                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+                let hex = std::str::from_utf8(&b[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
                 match hex {
                     Some(v) => {
                         out.push(v);

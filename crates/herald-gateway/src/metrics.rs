@@ -73,19 +73,47 @@ pub fn bad_envelopes() -> Counter {
 pub fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_gauge!("herald_connections", "Open WebSocket connections");
-    describe_gauge!("herald_subscriptions", "Subscriptions held by local connections");
-    describe_gauge!("herald_channels", "Channels with at least one local subscriber");
+    describe_gauge!(
+        "herald_subscriptions",
+        "Subscriptions held by local connections"
+    );
+    describe_gauge!(
+        "herald_channels",
+        "Channels with at least one local subscriber"
+    );
     describe_counter!("herald_frames_sent_total", "Frames written to clients");
     describe_counter!("herald_bytes_sent_total", "Bytes written to clients");
-    describe_counter!("herald_disconnects_total", "Connections closed, by close code");
+    describe_counter!(
+        "herald_disconnects_total",
+        "Connections closed, by close code"
+    );
     describe_counter!("herald_errors_total", "Error replies, by error code");
     describe_counter!("herald_requests_total", "Client requests, by op");
-    describe_histogram!("herald_delivery_lag_seconds", metrics::Unit::Seconds, "From message ts to hand-off to subscriber queues");
-    describe_counter!("herald_bus_duplicates_total", "Bus messages dropped as already delivered");
+    describe_histogram!(
+        "herald_delivery_lag_seconds",
+        metrics::Unit::Seconds,
+        "From message ts to hand-off to subscriber queues"
+    );
+    describe_counter!(
+        "herald_bus_duplicates_total",
+        "Bus messages dropped as already delivered"
+    );
     describe_counter!("herald_bus_gaps_total", "Seq gaps detected");
-    describe_counter!("herald_gap_fill_reads_total", "History reads to fill gaps or catch up");
-    describe_counter!("herald_gaps_unfillable_total", "Gaps beyond retained history");
-    describe_counter!("herald_catchup_repairs_total", "Channels found behind by catch-up");
+    describe_counter!(
+        "herald_gap_fill_reads_total",
+        "History reads to fill gaps or catch up"
+    );
+    describe_counter!(
+        "herald_gaps_unfillable_total",
+        "Gaps beyond retained history"
+    );
+    describe_counter!(
+        "herald_catchup_repairs_total",
+        "Channels found behind by catch-up"
+    );
     describe_counter!("herald_bus_bad_envelopes_total", "Unreadable bus envelopes");
-    describe_counter!("herald_replay_holes_total", "Replays cut short by a seq missing from history");
+    describe_counter!(
+        "herald_replay_holes_total",
+        "Replays cut short by a seq missing from history"
+    );
 }

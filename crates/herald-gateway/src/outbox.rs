@@ -212,7 +212,10 @@ mod tests {
         assert!(o.push(Bytes::from_static(b"12345")));
         assert!(!o.push(Bytes::from_static(b"1")));
         assert_eq!(o.close_code(), Some(CloseCode::SlowConsumer));
-        assert!(matches!(o.take().await, Take::Close(CloseCode::SlowConsumer)));
+        assert!(matches!(
+            o.take().await,
+            Take::Close(CloseCode::SlowConsumer)
+        ));
     }
 
     #[tokio::test]
@@ -221,7 +224,10 @@ mod tests {
         assert!(o.push(Bytes::from_static(b"ab")));
         assert!(o.push(Bytes::from_static(b"cd")));
         match o.take().await {
-            Take::Frames(f) => assert_eq!(f, vec![Bytes::from_static(b"ab"), Bytes::from_static(b"cd")]),
+            Take::Frames(f) => assert_eq!(
+                f,
+                vec![Bytes::from_static(b"ab"), Bytes::from_static(b"cd")]
+            ),
             Take::Close(_) | Take::Stop => panic!("unexpected close"),
         }
         assert!(o.push(Bytes::from_static(b"0123456789")));

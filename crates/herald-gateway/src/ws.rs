@@ -180,7 +180,9 @@ impl<R: tokio::io::AsyncRead + Unpin> FrameReader<R> {
         }
         let fin = b[0] & 0x80 != 0;
         if b[0] & 0x70 != 0 {
-            return Err(ReadError::Protocol("reserved bits set (no extension was negotiated)"));
+            return Err(ReadError::Protocol(
+                "reserved bits set (no extension was negotiated)",
+            ));
         }
         let op = match b[0] & 0x0F {
             0x0 => InOp::Continuation,
@@ -282,7 +284,10 @@ mod reader_tests {
         bytes.extend(masked(0x89, b"p"));
         let frames = read_all(bytes, 1000).await;
         let f0 = frames[0].as_ref().unwrap();
-        assert_eq!((f0.fin, f0.op, &f0.payload[..]), (true, InOp::Text, &b"hello"[..]));
+        assert_eq!(
+            (f0.fin, f0.op, &f0.payload[..]),
+            (true, InOp::Text, &b"hello"[..])
+        );
         let f1 = frames[1].as_ref().unwrap();
         assert_eq!((f1.op, f1.payload.len()), (InOp::Binary, 300));
         assert_eq!(frames[2].as_ref().unwrap().op, InOp::Ping);
@@ -292,12 +297,30 @@ mod reader_tests {
     #[tokio::test]
     async fn refuses_what_rfc6455_forbids() {
         let unmasked = vec![0x81, 0x02, b'h', b'i'];
-        assert!(matches!(read_all(unmasked, 100).await[0], Err(ReadError::Protocol(_))));
-        assert!(matches!(read_all(masked(0xC1, b"x"), 100).await[0], Err(ReadError::Protocol(_))));
-        assert!(matches!(read_all(masked(0x83, b"x"), 100).await[0], Err(ReadError::Protocol(_))));
-        assert!(matches!(read_all(masked(0x09, b"x"), 100).await[0], Err(ReadError::Protocol(_))));
-        assert!(matches!(read_all(masked(0x89, &[0; 126]), 1000).await[0], Err(ReadError::Protocol(_))));
-        assert!(matches!(read_all(masked(0x81, &[b'a'; 101]), 100).await[0], Err(ReadError::TooBig)));
+        assert!(matches!(
+            read_all(unmasked, 100).await[0],
+            Err(ReadError::Protocol(_))
+        ));
+        assert!(matches!(
+            read_all(masked(0xC1, b"x"), 100).await[0],
+            Err(ReadError::Protocol(_))
+        ));
+        assert!(matches!(
+            read_all(masked(0x83, b"x"), 100).await[0],
+            Err(ReadError::Protocol(_))
+        ));
+        assert!(matches!(
+            read_all(masked(0x09, b"x"), 100).await[0],
+            Err(ReadError::Protocol(_))
+        ));
+        assert!(matches!(
+            read_all(masked(0x89, &[0; 126]), 1000).await[0],
+            Err(ReadError::Protocol(_))
+        ));
+        assert!(matches!(
+            read_all(masked(0x81, &[b'a'; 101]), 100).await[0],
+            Err(ReadError::TooBig)
+        ));
         assert!(read_all(masked(0x81, &[b'a'; 100]), 100).await[0].is_ok());
     }
 }

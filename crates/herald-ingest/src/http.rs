@@ -45,8 +45,14 @@ pub fn error(code: ErrorCode, message: &str) -> Resp {
     struct Body<'a> {
         error: ErrorRef<'a>,
     }
-    let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    json(status, &Body { error: ErrorRef { code, message } })
+    let status =
+        StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    json(
+        status,
+        &Body {
+            error: ErrorRef { code, message },
+        },
+    )
 }
 
 fn err(e: IngestError) -> Resp {
@@ -83,7 +89,10 @@ fn authorized(svc: &IngestService, req: &Request<Incoming>) -> bool {
         .headers()
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
     else {
         return false;
     };
@@ -117,7 +126,10 @@ async fn dispatch(svc: &IngestService, req: Request<Incoming>) -> Result<Resp, I
         ));
     }
     if !authorized(svc, &req) {
-        return Err(IngestError::new(ErrorCode::Unauthorized, "missing or wrong API key"));
+        return Err(IngestError::new(
+            ErrorCode::Unauthorized,
+            "missing or wrong API key",
+        ));
     }
     match segs.as_slice() {
         ["v1", "publish"] => {
@@ -177,10 +189,15 @@ async fn body(svc: &IngestService, req: Request<Incoming>) -> Result<Bytes, Inge
     let max = svc.config().max_data_bytes + 64 * 1024;
     match Limited::new(req.into_body(), max).collect().await {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(IngestError::new(
-            ErrorCode::TooLarge,
-            format!("request body is larger than {max} bytes"),
-        )),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(IngestError::new(
+                ErrorCode::TooLarge,
+                format!("request body is larger than {max} bytes"),
+            ))
+        }
         Err(_) => Err(bad("could not read the request body")),
     }
 }
@@ -196,7 +213,11 @@ struct PublishBody<'a> {
     from: Option<String>,
 }
 
-fn channels_of(one: Option<String>, many: Option<Vec<String>>, max: usize) -> Result<Vec<ChannelName>, IngestError> {
+fn channels_of(
+    one: Option<String>,
+    many: Option<Vec<String>>,
+    max: usize,
+) -> Result<Vec<ChannelName>, IngestError> {
     let names = match (one, many) {
         (Some(_), Some(_)) => return Err(bad("give either channel or channels, not both")),
         (None, None) => return Err(bad("missing channel or channels")),
@@ -232,7 +253,8 @@ fn data_of(svc: &IngestService, raw: Option<&RawValue>) -> Result<JsonData, Inge
             format!("data is larger than {} bytes", svc.config().max_data_bytes),
         ));
     }
-    JsonData::from_json_text(Bytes::copy_from_slice(text.as_bytes())).map_err(|_| bad("data is not valid JSON"))
+    JsonData::from_json_text(Bytes::copy_from_slice(text.as_bytes()))
+        .map_err(|_| bad("data is not valid JSON"))
 }
 
 fn parse_json<'a, T: Deserialize<'a>>(b: &'a [u8]) -> Result<T, IngestError> {
@@ -241,9 +263,17 @@ fn parse_json<'a, T: Deserialize<'a>>(b: &'a [u8]) -> Result<T, IngestError> {
 
 async fn publish(svc: &IngestService, b: &[u8], publisher: String) -> Result<Resp, IngestError> {
     let body: PublishBody<'_> = parse_json(b)?;
-    let channels = channels_of(body.channel, body.channels, svc.config().max_publish_channels)?;
+    let channels = channels_of(
+        body.channel,
+        body.channels,
+        svc.config().max_publish_channels,
+    )?;
     let data = data_of(svc, body.data)?;
-    if body.key.as_ref().is_some_and(|k| k.is_empty() || k.len() > 256) {
+    if body
+        .key
+        .as_ref()
+        .is_some_and(|k| k.is_empty() || k.len() > 256)
+    {
         return Err(bad("key must be 1 to 256 bytes"));
     }
     let input = PublishInput {
@@ -259,7 +289,11 @@ async fn publish(svc: &IngestService, b: &[u8], publisher: String) -> Result<Res
         &PublishAnswer {
             id: a.id,
             ts: a.ts,
-            seqs: a.seqs.into_iter().map(|(c, s)| (c.as_str().to_owned(), s)).collect(),
+            seqs: a
+                .seqs
+                .into_iter()
+                .map(|(c, s)| (c.as_str().to_owned(), s))
+                .collect(),
         },
     ))
 }
@@ -299,8 +333,11 @@ async fn positions(svc: &IngestService, b: &[u8]) -> Result<Resp, IngestError> {
         .map(|n| ChannelName::new(n).map_err(|e| bad_channel(n, e)))
         .collect::<Result<Vec<_>, _>>()?;
     let p = svc.positions(&chans).await?;
-    let positions: BTreeMap<String, u64> =
-        chans.iter().zip(p).map(|(c, s)| (c.as_str().to_owned(), s)).collect();
+    let positions: BTreeMap<String, u64> = chans
+        .iter()
+        .zip(p)
+        .map(|(c, s)| (c.as_str().to_owned(), s))
+        .collect();
     Ok(json(StatusCode::OK, &PositionsAnswer { positions }))
 }
 
@@ -310,7 +347,11 @@ async fn history(svc: &IngestService, ch: &ChannelName, query: &str) -> Result<R
     for part in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = part.split_once('=').unwrap_or((part, ""));
         match k {
-            "after" => after = v.parse::<u64>().map_err(|_| bad("after must be a non-negative integer"))?,
+            "after" => {
+                after = v
+                    .parse::<u64>()
+                    .map_err(|_| bad("after must be a non-negative integer"))?
+            }
             "limit" => match v.parse::<u32>() {
                 Ok(l) if (1..=MAX_HISTORY_LIMIT).contains(&l) => limit = l,
                 _ => return Err(bad(&format!("limit must be 1 to {MAX_HISTORY_LIMIT}"))),

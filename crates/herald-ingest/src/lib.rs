@@ -253,10 +253,9 @@ impl IngestService {
 
     /// Clients on a channel now.
     pub async fn presence(&self, channel: &ChannelName) -> Result<Vec<ClientInfo>, IngestError> {
-        self.presence
-            .list(channel)
-            .await
-            .map_err(|e| IngestError::new(ErrorCode::Unavailable, format!("presence unavailable: {e}")))
+        self.presence.list(channel).await.map_err(|e| {
+            IngestError::new(ErrorCode::Unavailable, format!("presence unavailable: {e}"))
+        })
     }
 
     /// Readiness: the store and the bus answer.

@@ -26,9 +26,22 @@ pub fn http_requests(status: &'static str) -> Counter {
 /// Registers descriptions.
 pub fn describe() {
     use metrics::{describe_counter, describe_histogram};
-    describe_counter!("herald_messages_published_total", "Messages committed, one per channel");
+    describe_counter!(
+        "herald_messages_published_total",
+        "Messages committed, one per channel"
+    );
     describe_counter!("herald_publishes_total", "Publish calls by result");
-    describe_histogram!("herald_publish_duration_seconds", metrics::Unit::Seconds, "Time to commit a publish");
-    describe_counter!("herald_bus_publish_failures_total", "Bus publishes that failed after commit");
-    describe_counter!("herald_ingest_requests_total", "Ingest API requests by status class");
+    describe_histogram!(
+        "herald_publish_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time to commit a publish"
+    );
+    describe_counter!(
+        "herald_bus_publish_failures_total",
+        "Bus publishes that failed after commit"
+    );
+    describe_counter!(
+        "herald_ingest_requests_total",
+        "Ingest API requests by status class"
+    );
 }

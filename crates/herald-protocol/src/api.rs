@@ -1,8 +1,8 @@
 //! Ingest HTTP API bodies (PROTOCOL.md section 8), shared by ingest (server)
 //! and the gateway (client).
 
-use crate::server::Message;
 use crate::ChannelName;
+use crate::server::Message;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 

@@ -2,8 +2,8 @@
 //! message, `{"v":1,"k":"m"|"s"|"p","ch","seq","id","ts","from","data"}`,
 //! with `data` the bytes of the JSON value.
 
-use crate::data::JsonData;
 use crate::ChannelName;
+use crate::data::JsonData;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -113,13 +113,15 @@ impl Envelope {
         if e.k == Kind::Message && (e.seq.is_none() || e.id.is_none() || e.ts.is_none()) {
             return Err(EnvelopeError::Invalid("message without seq, id or ts"));
         }
-        JsonData::from_json_text(e.data.clone()).map_err(|_| EnvelopeError::Invalid("data is not JSON"))?;
+        JsonData::from_json_text(e.data.clone())
+            .map_err(|_| EnvelopeError::Invalid("data is not JSON"))?;
         Ok(e)
     }
 
     /// The data as validated JSON (checked by [`Envelope::decode`]).
     pub fn json_data(&self) -> JsonData {
-        JsonData::from_json_text(self.data.clone()).unwrap_or_else(|_| JsonData::from_value(&serde_json::Value::Null))
+        JsonData::from_json_text(self.data.clone())
+            .unwrap_or_else(|_| JsonData::from_value(&serde_json::Value::Null))
     }
 }
 
@@ -130,11 +132,21 @@ mod tests {
     #[test]
     fn envelope_roundtrip_and_field_names() {
         let d = JsonData::from_value(&serde_json::json!({"a":1}));
-        let e = Envelope::message(ChannelName::new("chat_1").unwrap(), 5, "m1".into(), 7, Some("u".into()), &d);
+        let e = Envelope::message(
+            ChannelName::new("chat_1").unwrap(),
+            5,
+            "m1".into(),
+            7,
+            Some("u".into()),
+            &d,
+        );
         let b = e.encode();
         let v = rmpv::decode::read_value(&mut &b[..]).unwrap();
         let m = v.as_map().unwrap();
-        let keys: Vec<_> = m.iter().map(|(k, _)| k.as_str().unwrap().to_owned()).collect();
+        let keys: Vec<_> = m
+            .iter()
+            .map(|(k, _)| k.as_str().unwrap().to_owned())
+            .collect();
         assert_eq!(keys, ["v", "k", "ch", "seq", "id", "ts", "from", "data"]);
         assert!(matches!(m[7].1, rmpv::Value::Binary(_)));
         assert_eq!(Envelope::decode(&b).unwrap(), e);

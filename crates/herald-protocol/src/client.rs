@@ -163,15 +163,19 @@ fn json_fields(payload: &[u8]) -> Result<Fields, RequestError> {
         token: raw.token,
         key: raw.key,
         // `"data": null` is a present null value, unlike a missing field.
-        data: raw
-            .data
-            .map(|d| Bytes::copy_from_slice(d.get().as_bytes())),
+        data: raw.data.map(|d| Bytes::copy_from_slice(d.get().as_bytes())),
         data_error: None,
     })
 }
 
 fn msgpack_fields(payload: &[u8]) -> Result<Fields, RequestError> {
-    let not_map = || RequestError::new(None, ErrorCode::BadRequest, "frame is not a MessagePack map");
+    let not_map = || {
+        RequestError::new(
+            None,
+            ErrorCode::BadRequest,
+            "frame is not a MessagePack map",
+        )
+    };
     let mut rd = payload;
     let value = rmpv::decode::read_value(&mut rd).map_err(|_| not_map())?;
     if !rd.is_empty() {
@@ -237,9 +241,8 @@ fn check(f: Fields, limits: DecodeLimits) -> Result<Request, RequestError> {
     };
     let channel = || -> Result<ChannelName, RequestError> {
         match &f.channel {
-            Some(Value::String(s)) => ChannelName::new(s).map_err(|e| {
-                RequestError::new(Some(id), ErrorCode::BadChannel, e.to_string())
-            }),
+            Some(Value::String(s)) => ChannelName::new(s)
+                .map_err(|e| RequestError::new(Some(id), ErrorCode::BadChannel, e.to_string())),
             Some(_) => Err(bad("channel must be a string")),
             None => Err(bad("missing channel")),
         }

@@ -69,7 +69,9 @@ impl Encoding {
 /// Encodes a frame: JSON text, or a MessagePack map with field names.
 pub fn encode<T: serde::Serialize + ?Sized>(enc: Encoding, frame: &T) -> Vec<u8> {
     match enc {
-        Encoding::Json => serde_json::to_vec(frame).expect("server frames always serialize to JSON"),
+        Encoding::Json => {
+            serde_json::to_vec(frame).expect("server frames always serialize to JSON")
+        }
         Encoding::Msgpack => {
             rmp_serde::to_vec_named(frame).expect("server frames always serialize to MessagePack")
         }

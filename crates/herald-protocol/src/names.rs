@@ -56,8 +56,7 @@ fn validate(s: &str, allow_star: bool) -> Result<(), NameError> {
     if s.len() > MAX_CHANNEL_LEN {
         return Err(NameError::TooLong);
     }
-    if s
-        .bytes()
+    if s.bytes()
         .all(|b| is_channel_byte(b) || (allow_star && b == b'*'))
     {
         Ok(())

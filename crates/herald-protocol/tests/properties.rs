@@ -13,7 +13,9 @@ use herald_protocol::{
 use proptest::prelude::*;
 use serde_json::Value;
 
-const LIMITS: DecodeLimits = DecodeLimits { max_data_bytes: 1 << 20 };
+const LIMITS: DecodeLimits = DecodeLimits {
+    max_data_bytes: 1 << 20,
+};
 
 fn channel() -> impl Strategy<Value = ChannelName> {
     "[A-Za-z0-9_.:@=-]{1,40}".prop_map(|s| ChannelName::new(&s).unwrap())
@@ -40,14 +42,31 @@ fn json_value() -> impl Strategy<Value = Value> {
 fn op() -> impl Strategy<Value = Op> {
     let tok = "[A-Za-z0-9._-]{1,60}";
     prop_oneof![
-        (channel(), proptest::option::of(any::<u64>()), proptest::option::of(tok))
-            .prop_map(|(channel, since, token)| Op::Subscribe { channel, since, token }),
+        (
+            channel(),
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(tok)
+        )
+            .prop_map(|(channel, since, token)| Op::Subscribe {
+                channel,
+                since,
+                token
+            }),
         channel().prop_map(|channel| Op::Unsubscribe { channel }),
-        (channel(), json_value(), proptest::option::of("[a-z0-9-]{1,32}")).prop_map(
-            |(channel, v, key)| Op::Publish { channel, data: JsonData::from_value(&v), key }
-        ),
-        (channel(), json_value())
-            .prop_map(|(channel, v)| Op::Signal { channel, data: JsonData::from_value(&v) }),
+        (
+            channel(),
+            json_value(),
+            proptest::option::of("[a-z0-9-]{1,32}")
+        )
+            .prop_map(|(channel, v, key)| Op::Publish {
+                channel,
+                data: JsonData::from_value(&v),
+                key
+            }),
+        (channel(), json_value()).prop_map(|(channel, v)| Op::Signal {
+            channel,
+            data: JsonData::from_value(&v)
+        }),
         channel().prop_map(|channel| Op::Presence { channel }),
         tok.prop_map(|token| Op::Refresh { token }),
         Just(Op::Ping),
@@ -115,14 +134,34 @@ proptest! {
 
 #[test]
 fn wrong_types_carry_the_id() {
-    let e = decode_request(Encoding::Json, br#"{"op":"subscribe","id":7,"channel":5}"#, LIMITS).unwrap_err();
+    let e = decode_request(
+        Encoding::Json,
+        br#"{"op":"subscribe","id":7,"channel":5}"#,
+        LIMITS,
+    )
+    .unwrap_err();
     assert_eq!(e.id, Some(7));
     assert_eq!(e.code.as_str(), "bad_request");
-    let e = decode_request(Encoding::Json, br#"{"op":"subscribe","id":"x","channel":"a"}"#, LIMITS).unwrap_err();
+    let e = decode_request(
+        Encoding::Json,
+        br#"{"op":"subscribe","id":"x","channel":"a"}"#,
+        LIMITS,
+    )
+    .unwrap_err();
     assert_eq!(e.id, None);
-    let e = decode_request(Encoding::Json, br#"{"op":"subscribe","id":1,"channel":"a b"}"#, LIMITS).unwrap_err();
+    let e = decode_request(
+        Encoding::Json,
+        br#"{"op":"subscribe","id":1,"channel":"a b"}"#,
+        LIMITS,
+    )
+    .unwrap_err();
     assert_eq!(e.code.as_str(), "bad_channel");
-    let e = decode_request(Encoding::Json, br#"{"op":"publish","id":1,"channel":"a","data":"xxxxxxxxxx"}"#, DecodeLimits { max_data_bytes: 5 }).unwrap_err();
+    let e = decode_request(
+        Encoding::Json,
+        br#"{"op":"publish","id":1,"channel":"a","data":"xxxxxxxxxx"}"#,
+        DecodeLimits { max_data_bytes: 5 },
+    )
+    .unwrap_err();
     assert_eq!(e.code.as_str(), "too_large");
 }
 

@@ -36,8 +36,8 @@ pub mod postgres;
 pub mod redis;
 
 pub use herald::{HeraldOptions, HeraldProcess, herald_bin};
-pub use postgres::{PgServer, TestDb, test_database};
 pub use nginx::Nginx;
+pub use postgres::{PgServer, TestDb, test_database};
 pub use redis::RedisServer;
 
 /// Why a private server could not be started.

@@ -35,11 +35,14 @@ impl Nginx {
     /// Errors: [`TestkitError::MissingBinary`] when nginx is not installed
     /// (Debian package `nginx`).
     pub fn start(upstreams: &[u16]) -> Result<Nginx, TestkitError> {
-        let bin = child::find_in_path("nginx", &[PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
-            .ok_or_else(|| TestkitError::MissingBinary {
-                name: "nginx".into(),
-                install_hint: "the Debian package `nginx` (apt-get install -y nginx)".into(),
-            })?;
+        let bin = child::find_in_path(
+            "nginx",
+            &[PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")],
+        )
+        .ok_or_else(|| TestkitError::MissingBinary {
+            name: "nginx".into(),
+            install_hint: "the Debian package `nginx` (apt-get install -y nginx)".into(),
+        })?;
         let dir = crate::temp_dir();
         let port = free_port();
         let d = dir.path().display();
@@ -68,7 +71,12 @@ impl Nginx {
             .stderr(err)
             .spawn()?;
         let guardian = Some(Guardian::watch(child.id(), "KILL", dir.path())?);
-        let mut n = Nginx { dir, port, child: Some(child), guardian };
+        let mut n = Nginx {
+            dir,
+            port,
+            child: Some(child),
+            guardian,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -85,7 +93,9 @@ impl Nginx {
                 )));
             }
             if Instant::now() > deadline {
-                return Err(TestkitError::Timeout("nginx did not accept connections within 20 s".into()));
+                return Err(TestkitError::Timeout(
+                    "nginx did not accept connections within 20 s".into(),
+                ));
             }
             child::pause();
         }
@@ -125,12 +135,14 @@ mod tests {
             let (mut s, _) = up.accept().unwrap();
             let mut buf = [0u8; 1024];
             let _ = s.read(&mut buf).unwrap();
-            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok").unwrap();
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+                .unwrap();
         });
         let n = Nginx::start(&[up_port]).unwrap();
         use std::io::{Read, Write};
         let mut c = TcpStream::connect(("127.0.0.1", n.port())).unwrap();
-        c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
         let mut out = String::new();
         c.read_to_string(&mut out).unwrap();
         assert!(out.starts_with("HTTP/1.1 200"), "{out}");

@@ -75,9 +75,17 @@ impl Admin {
                     None => true,
                 };
                 if draining {
-                    (StatusCode::SERVICE_UNAVAILABLE, "text/plain", Bytes::from_static(b"draining\n"))
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "text/plain",
+                        Bytes::from_static(b"draining\n"),
+                    )
                 } else if !ingest_ok {
-                    (StatusCode::SERVICE_UNAVAILABLE, "text/plain", Bytes::from_static(b"store or bus unreachable\n"))
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "text/plain",
+                        Bytes::from_static(b"store or bus unreachable\n"),
+                    )
                 } else {
                     (StatusCode::OK, "text/plain", Bytes::from_static(b"ready\n"))
                 }
@@ -86,8 +94,10 @@ impl Admin {
         };
         let mut r = Response::new(Full::new(body));
         *r.status_mut() = status;
-        r.headers_mut()
-            .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(ctype));
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static(ctype),
+        );
         Some(r)
     }
 }

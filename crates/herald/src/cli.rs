@@ -130,13 +130,21 @@ impl Common {
             ("limits", "max_data_bytes", &self.max_data_bytes),
             ("limits", "max_queue_bytes", &self.max_queue_bytes),
             ("limits", "max_connections", &self.max_connections),
-            ("limits", "max_connections_per_user", &self.max_connections_per_user),
+            (
+                "limits",
+                "max_connections_per_user",
+                &self.max_connections_per_user,
+            ),
             ("limits", "rate_per_second", &self.rate_per_second),
             ("limits", "rate_burst", &self.rate_burst),
             ("limits", "drain_window", &self.drain_window),
             ("limits", "max_replay", &self.max_replay),
             ("limits", "channel_caps", &self.channel_caps),
-            ("limits", "max_subscriptions_per_connection", &self.max_subscriptions_per_connection),
+            (
+                "limits",
+                "max_subscriptions_per_connection",
+                &self.max_subscriptions_per_connection,
+            ),
         ];
         let mut out = Vec::new();
         for (k, v) in top {

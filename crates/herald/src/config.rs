@@ -224,18 +224,24 @@ impl Default for PresenceSection {
 /// Parses `30`, `"30"`, `"500ms"`, `"5s"`, `"10m"`, `"24h"`, `"7d"`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 30, \"500ms\", \"5s\", \"1h\""))?;
+    let n: f64 = num.parse().map_err(|_| {
+        format!("invalid duration {s:?}: expected e.g. 30, \"500ms\", \"5s\", \"1h\"")
+    })?;
     let mult = match unit.trim() {
         "" | "s" => 1.0,
         "ms" => 0.001,
         "m" => 60.0,
         "h" => 3600.0,
         "d" => 86400.0,
-        u => return Err(format!("invalid duration unit {u:?} in {s:?} (use ms, s, m, h or d)")),
+        u => {
+            return Err(format!(
+                "invalid duration unit {u:?} in {s:?} (use ms, s, m, h or d)"
+            ));
+        }
     };
     Duration::try_from_secs_f64(n * mult).map_err(|_| format!("invalid duration {s:?}"))
 }
@@ -276,8 +282,18 @@ fn scalar(key: &str, v: &str) -> anyhow::Result<toml::Value> {
     // Keys whose type is text stay text even when they look like a number
     // (`--jwt-secret 123456`, `--node-id 1`); durations accept text too.
     const TEXT: &[&str] = &[
-        "listen", "admin_listen", "redis_url", "database_url", "ingest_url", "node_id",
-        "jwt_secret", "api_key", "log_format", "prefix", "audience", "issuer",
+        "listen",
+        "admin_listen",
+        "redis_url",
+        "database_url",
+        "ingest_url",
+        "node_id",
+        "jwt_secret",
+        "api_key",
+        "log_format",
+        "prefix",
+        "audience",
+        "issuer",
     ];
     if TEXT.contains(&key) {
         return Ok(toml::Value::String(v.to_owned()));
@@ -327,7 +343,9 @@ pub fn env_overrides(env: &BTreeMap<String, String>) -> (Vec<Override>, Vec<Stri
     let mut out = Vec::new();
     let mut unknown = Vec::new();
     for (k, v) in env {
-        let Some(rest) = k.strip_prefix("HERALD_") else { continue };
+        let Some(rest) = k.strip_prefix("HERALD_") else {
+            continue;
+        };
         // The test harness's own variables, and the binary locator.
         if rest.starts_with("TEST_") || rest == "BIN" || rest == "CONFIG" {
             continue;
@@ -348,19 +366,14 @@ pub fn env_overrides(env: &BTreeMap<String, String>) -> (Vec<Override>, Vec<Stri
 }
 
 /// Merges file < environment < flags and checks the result.
-pub fn load(
-    file: Option<&str>,
-    env: &[Override],
-    flags: &[Override],
-) -> anyhow::Result<Config> {
+pub fn load(file: Option<&str>, env: &[Override], flags: &[Override]) -> anyhow::Result<Config> {
     let mut table: toml::Table = match file {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read config file {path}"))?;
             // Parse as the typed config first so an unknown key or bad value
             // is reported with the file's own line.
-            toml::from_str::<Config>(&text)
-                .map_err(|e| anyhow!("config file {path}: {e}"))?;
+            toml::from_str::<Config>(&text).map_err(|e| anyhow!("config file {path}: {e}"))?;
             toml::from_str(&text).map_err(|e| anyhow!("config file {path}: {e}"))?
         }
         None => toml::Table::new(),
@@ -368,12 +381,15 @@ pub fn load(
     for (source, list) in [("environment", env), ("flag", flags)] {
         for (path, v) in list {
             let key = path.last().map(String::as_str).unwrap_or("");
-            let value = scalar(key, v).with_context(|| format!("{source} value for {}", path.join(".")))?;
+            let value =
+                scalar(key, v).with_context(|| format!("{source} value for {}", path.join(".")))?;
             set(&mut table, path, value)?;
         }
     }
     let text = toml::to_string(&table).context("re-encoding the merged configuration")?;
-    toml::from_str::<Config>(&text).map_err(|e| anyhow!("invalid configuration (file, HERALD_* environment and flags merged): {e}"))
+    toml::from_str::<Config>(&text).map_err(|e| {
+        anyhow!("invalid configuration (file, HERALD_* environment and flags merged): {e}")
+    })
 }
 
 impl Config {
@@ -382,7 +398,8 @@ impl Config {
         let l = &self.limits;
         let mut caps = Vec::new();
         for (p, n) in &l.channel_caps {
-            let pat = Pattern::new(p).map_err(|e| anyhow!("limits.channel_caps: pattern {p:?}: {e}"))?;
+            let pat =
+                Pattern::new(p).map_err(|e| anyhow!("limits.channel_caps: pattern {p:?}: {e}"))?;
             caps.push((pat, *n));
         }
         let positive = |name: &str, v: u64| -> anyhow::Result<()> {
@@ -403,7 +420,9 @@ impl Config {
             bail!("presence.ttl must be greater than 0");
         }
         if l.heartbeat_interval.is_zero() || l.heartbeat_timeout <= l.heartbeat_interval {
-            bail!("limits.heartbeat_timeout must be longer than limits.heartbeat_interval, which must be > 0");
+            bail!(
+                "limits.heartbeat_timeout must be longer than limits.heartbeat_interval, which must be > 0"
+            );
         }
         Ok(herald_gateway::Limits {
             heartbeat_interval: l.heartbeat_interval,
@@ -426,7 +445,9 @@ impl Config {
     pub fn gateway_routes(&self) -> anyhow::Result<Vec<herald_gateway::Route>> {
         self.routes
             .iter()
-            .map(|r| herald_gateway::Route::new(&r.path, &r.channels).map_err(|e| anyhow!("routes: {e}")))
+            .map(|r| {
+                herald_gateway::Route::new(&r.path, &r.channels).map_err(|e| anyhow!("routes: {e}"))
+            })
             .collect()
     }
 
@@ -464,7 +485,10 @@ mod tests {
     fn durations() {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));
-        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86400));
+        assert_eq!(
+            parse_duration("7d").unwrap(),
+            Duration::from_secs(7 * 86400)
+        );
         assert_eq!(parse_duration("5").unwrap(), Duration::from_secs(5));
         assert!(parse_duration("5 parsecs").is_err());
     }
@@ -474,8 +498,15 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("herald-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join("c.toml");
-        std::fs::write(&f, "[limits]\nmax_data_bytes = 100\nmax_queue_bytes = 100\nrate_burst = 7\n").unwrap();
-        let env = vec![ov("limits.max_data_bytes", "200"), ov("limits.max_queue_bytes", "200")];
+        std::fs::write(
+            &f,
+            "[limits]\nmax_data_bytes = 100\nmax_queue_bytes = 100\nrate_burst = 7\n",
+        )
+        .unwrap();
+        let env = vec![
+            ov("limits.max_data_bytes", "200"),
+            ov("limits.max_queue_bytes", "200"),
+        ];
         let flags = vec![ov("limits.max_data_bytes", "300")];
         let c = load(f.to_str(), &env, &flags).unwrap();
         assert_eq!(c.limits.max_data_bytes, 300);
@@ -497,11 +528,19 @@ mod tests {
 
     #[test]
     fn text_keys_stay_text() {
-        let c = load(None, &[ov("jwt_secret", "123456")], &[ov("node_id", "1"), ov("api_key", "true")]).unwrap();
+        let c = load(
+            None,
+            &[ov("jwt_secret", "123456")],
+            &[ov("node_id", "1"), ov("api_key", "true")],
+        )
+        .unwrap();
         assert_eq!(c.jwt_secret.as_deref(), Some("123456"));
         assert_eq!(c.node_id.as_deref(), Some("1"));
         assert_eq!(c.api_key.as_deref(), Some("true"));
-        let e = load(None, &[], &[ov("bus.catchup_interval", "0")]).unwrap().gateway_limits().unwrap_err();
+        let e = load(None, &[], &[ov("bus.catchup_interval", "0")])
+            .unwrap()
+            .gateway_limits()
+            .unwrap_err();
         assert!(format!("{e:#}").contains("catchup_interval"), "{e:#}");
     }
 
@@ -521,7 +560,12 @@ mod tests {
         assert!(o.contains(&ov("limits.max_queue_bytes", "5")));
         assert!(o.contains(&ov("listen", "1.2.3.4:5")));
         assert_eq!(unknown, vec!["HERALD_LIMIT__TYPO".to_owned()]);
-        let caps = load(None, &[ov("limits.channel_caps", "chat_*=50,room_*=10")], &[]).unwrap();
+        let caps = load(
+            None,
+            &[ov("limits.channel_caps", "chat_*=50,room_*=10")],
+            &[],
+        )
+        .unwrap();
         assert_eq!(caps.limits.channel_caps["chat_*"], 50);
     }
 }

@@ -4,9 +4,9 @@
 use async_trait::async_trait;
 use herald_gateway::{Ingest, IngestError, PublishCall};
 use herald_ingest::{IngestService, PublishInput};
+use herald_protocol::ChannelName;
 use herald_protocol::api::HistoryPage;
 use herald_protocol::server::PublishResult;
-use herald_protocol::ChannelName;
 use std::sync::Arc;
 
 /// The gateway's [`Ingest`] served in-process by the ingest service.
@@ -42,10 +42,19 @@ impl Ingest for InProcessIngest {
             .find(|(c, _)| *c == channel)
             .map(|(_, s)| *s)
             .ok_or_else(|| IngestError::unavailable("store returned no seq"))?;
-        Ok(PublishResult { id: a.id, seq, ts: a.ts })
+        Ok(PublishResult {
+            id: a.id,
+            seq,
+            ts: a.ts,
+        })
     }
 
-    async fn history(&self, channel: &ChannelName, after: u64, limit: u32) -> Result<HistoryPage, IngestError> {
+    async fn history(
+        &self,
+        channel: &ChannelName,
+        after: u64,
+        limit: u32,
+    ) -> Result<HistoryPage, IngestError> {
         self.0.history(channel, after, limit).await.map_err(map)
     }
 

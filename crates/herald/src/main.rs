@@ -30,7 +30,10 @@ use tokio_util::sync::CancellationToken;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("herald: cannot start the runtime: {e}");
@@ -59,7 +62,10 @@ fn load_config(common: &Common) -> anyhow::Result<Config> {
             unknown.join(", ")
         );
     }
-    let file = common.config.clone().or_else(|| env.get("HERALD_CONFIG").cloned());
+    let file = common
+        .config
+        .clone()
+        .or_else(|| env.get("HERALD_CONFIG").cloned());
     config::load(file.as_deref(), &env_ov, &common.overrides())
 }
 
@@ -87,7 +93,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn require(v: &Option<String>, what: &str) -> anyhow::Result<String> {
-    v.clone().filter(|s| !s.is_empty()).ok_or_else(|| anyhow!("{what} is required"))
+    v.clone()
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| anyhow!("{what} is required"))
 }
 
 fn hostname() -> String {
@@ -116,7 +124,10 @@ async fn ingest_cmd(common: Common) -> anyhow::Result<()> {
     let cfg = load_config(&common)?;
     init_logs(cfg.log_format.unwrap_or(LogFormat::Human));
     let listen = cfg.listen.clone().unwrap_or_else(|| "0.0.0.0:8081".into());
-    let admin_listen = cfg.admin_listen.clone().unwrap_or_else(|| "0.0.0.0:9091".into());
+    let admin_listen = cfg
+        .admin_listen
+        .clone()
+        .unwrap_or_else(|| "0.0.0.0:9091".into());
     let db_url = require(&cfg.database_url, "--database-url (HERALD_DATABASE_URL)")?;
     let api_key = require(&cfg.api_key, "--api-key (HERALD_API_KEY)")?;
     let node_id = cfg.node_id.clone().unwrap_or_else(hostname);
@@ -127,13 +138,22 @@ async fn ingest_cmd(common: Common) -> anyhow::Result<()> {
         .with_context(|| format!("opening the store at {db_url}"))?;
     let (bus, presence) = redis(&cfg).await?;
     let ingest = IngestService::new(
-        IngestConfig { api_key, max_data_bytes: limits.max_data_bytes, ..IngestConfig::default() },
+        IngestConfig {
+            api_key,
+            max_data_bytes: limits.max_data_bytes,
+            ..IngestConfig::default()
+        },
         store,
         bus,
         presence,
     );
     let public = bind(&listen).await?;
-    let app = server::App { gateway: None, ingest: Some(ingest.clone()), admin: None, demo: None };
+    let app = server::App {
+        gateway: None,
+        ingest: Some(ingest.clone()),
+        admin: None,
+        demo: None,
+    };
     serve_node(Node {
         what: "ingest",
         public,
@@ -152,19 +172,29 @@ async fn gateway_cmd(common: Common) -> anyhow::Result<()> {
     let cfg = load_config(&common)?;
     init_logs(cfg.log_format.unwrap_or(LogFormat::Human));
     let listen = cfg.listen.clone().unwrap_or_else(|| "0.0.0.0:8080".into());
-    let admin_listen = cfg.admin_listen.clone().unwrap_or_else(|| "0.0.0.0:9090".into());
+    let admin_listen = cfg
+        .admin_listen
+        .clone()
+        .unwrap_or_else(|| "0.0.0.0:9090".into());
     let ingest_url = require(&cfg.ingest_url, "--ingest-url (HERALD_INGEST_URL)")?;
-    let api_key = require(&cfg.api_key, "--api-key (HERALD_API_KEY), the key the gateway sends to ingest")?;
+    let api_key = require(
+        &cfg.api_key,
+        "--api-key (HERALD_API_KEY), the key the gateway sends to ingest",
+    )?;
     let node_id = cfg.node_id.clone().unwrap_or_else(hostname);
     let mut limits = cfg.gateway_limits()?;
     if let Some(fds) = raise_fd_limit() {
         limits.max_connections = limits.max_connections.min(fd_connection_cap(fds));
     }
     let routes = cfg.gateway_routes()?;
-    let verifier = herald_auth::Verifier::new(&cfg.auth_config()).map_err(|e| anyhow!("auth configuration: {e}"))?;
+    let verifier = herald_auth::Verifier::new(&cfg.auth_config())
+        .map_err(|e| anyhow!("auth configuration: {e}"))?;
     let metrics = admin::install_metrics(&node_id)?;
     let (bus, presence) = redis(&cfg).await?;
-    let ingest = Arc::new(herald_gateway::http_ingest::HttpIngest::new(&ingest_url, &api_key));
+    let ingest = Arc::new(herald_gateway::http_ingest::HttpIngest::new(
+        &ingest_url,
+        &api_key,
+    ));
     let gateway = Gateway::new(
         GatewayConfig {
             node_id,
@@ -181,7 +211,12 @@ async fn gateway_cmd(common: Common) -> anyhow::Result<()> {
         presence,
     );
     let public = bind(&listen).await?;
-    let app = server::App { gateway: Some(gateway.clone()), ingest: None, admin: None, demo: None };
+    let app = server::App {
+        gateway: Some(gateway.clone()),
+        ingest: None,
+        admin: None,
+        demo: None,
+    };
     serve_node(Node {
         what: "gateway",
         public,
@@ -197,7 +232,9 @@ async fn gateway_cmd(common: Common) -> anyhow::Result<()> {
 
 fn random_hex(n: usize) -> String {
     let mut rng = rand::rng();
-    (0..n).map(|_| format!("{:x}", rng.random_range(0..16u8))).collect()
+    (0..n)
+        .map(|_| format!("{:x}", rng.random_range(0..16u8)))
+        .collect()
 }
 
 /// Binds a listener with a deep accept backlog: a reconnect wave after a
@@ -215,7 +252,8 @@ async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
         tokio::net::TcpSocket::new_v6()?
     };
     sock.set_reuseaddr(true)?;
-    sock.bind(resolved).with_context(|| format!("cannot listen on {addr}"))?;
+    sock.bind(resolved)
+        .with_context(|| format!("cannot listen on {addr}"))?;
     Ok(sock.listen(4096)?)
 }
 
@@ -240,11 +278,21 @@ fn raise_fd_limit() -> Option<u64> {
 async fn dev(common: Common) -> anyhow::Result<()> {
     let mut cfg = load_config(&common)?;
     init_logs(cfg.log_format.unwrap_or(LogFormat::Human));
-    let listen = cfg.listen.clone().unwrap_or_else(|| "127.0.0.1:8080".into());
-    let db_url = cfg.database_url.clone().unwrap_or_else(|| "sqlite://herald-dev.db".into());
+    let listen = cfg
+        .listen
+        .clone()
+        .unwrap_or_else(|| "127.0.0.1:8080".into());
+    let db_url = cfg
+        .database_url
+        .clone()
+        .unwrap_or_else(|| "sqlite://herald-dev.db".into());
     let secret = cfg.jwt_secret.clone().unwrap_or_else(|| random_hex(32));
     cfg.jwt_secret = Some(secret.clone());
-    let api_key = cfg.api_key.clone().filter(|k| !k.is_empty()).unwrap_or_else(|| random_hex(32));
+    let api_key = cfg
+        .api_key
+        .clone()
+        .filter(|k| !k.is_empty())
+        .unwrap_or_else(|| random_hex(32));
     let node_id = cfg.node_id.clone().unwrap_or_else(|| "dev".into());
 
     let mut limits = cfg.gateway_limits()?;
@@ -252,7 +300,8 @@ async fn dev(common: Common) -> anyhow::Result<()> {
         limits.max_connections = limits.max_connections.min(fd_connection_cap(fds));
     }
     let routes = cfg.gateway_routes()?;
-    let verifier = herald_auth::Verifier::new(&cfg.auth_config()).map_err(|e| anyhow!("auth configuration: {e}"))?;
+    let verifier = herald_auth::Verifier::new(&cfg.auth_config())
+        .map_err(|e| anyhow!("auth configuration: {e}"))?;
     let metrics = admin::install_metrics(&node_id)?;
 
     let store = herald_store::open(&db_url, cfg.store_config())
@@ -290,8 +339,16 @@ async fn dev(common: Common) -> anyhow::Result<()> {
     let listener = bind(&listen).await?;
     let addr = listener.local_addr()?;
     let minter = herald_auth::Minter::hs256(secret.as_bytes());
-    let now = i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs())?;
-    let mint = |spec: herald_auth::TokenSpec| minter.mint(&spec.to_claims(now)).map_err(|e| anyhow!("{e}"));
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs(),
+    )?;
+    let mint = |spec: herald_auth::TokenSpec| {
+        minter
+            .mint(&spec.to_claims(now))
+            .map_err(|e| anyhow!("{e}"))
+    };
     let day = Some(std::time::Duration::from_secs(86400));
     let visitor = mint(herald_auth::TokenSpec {
         sub: "visitor:demo".into(),
@@ -379,11 +436,22 @@ async fn serve_node(node: Node) -> anyhow::Result<()> {
     let mut app = node.app;
     match &node.admin_listen {
         Some(a) => {
-            let l = bind(a).await.with_context(|| format!("admin listener {a}"))?;
+            let l = bind(a)
+                .await
+                .with_context(|| format!("admin listener {a}"))?;
             tracing::info!(admin = %l.local_addr()?, "admin listener");
-            let admin_app = server::App { gateway: None, ingest: None, admin: Some(admin), demo: None };
+            let admin_app = server::App {
+                gateway: None,
+                ingest: None,
+                admin: Some(admin),
+                demo: None,
+            };
             // The admin port stays up through the drain so /readyz can say 503.
-            servers.push(tokio::spawn(server::serve(l, admin_app, CancellationToken::new())));
+            servers.push(tokio::spawn(server::serve(
+                l,
+                admin_app,
+                CancellationToken::new(),
+            )));
         }
         None => app.admin = Some(admin),
     }
@@ -426,15 +494,20 @@ async fn shutdown_signal() {
 }
 
 fn token(t: TokenArgs) -> anyhow::Result<()> {
-    let common = Common { config: t.config.clone(), jwt_secret: t.jwt_secret.clone(), ..Common::default() };
+    let common = Common {
+        config: t.config.clone(),
+        jwt_secret: t.jwt_secret.clone(),
+        ..Common::default()
+    };
     let cfg = load_config(&common)?;
-    let secret = cfg
-        .jwt_secret
-        .ok_or_else(|| anyhow!("no key: give --jwt-secret, HERALD_JWT_SECRET or jwt_secret in --config"))?;
+    let secret = cfg.jwt_secret.ok_or_else(|| {
+        anyhow!("no key: give --jwt-secret, HERALD_JWT_SECRET or jwt_secret in --config")
+    })?;
     let ttl = config::parse_duration(&t.ttl).map_err(|e| anyhow!("--ttl: {e}"))?;
     let info = match &t.info {
         Some(s) => {
-            let v: serde_json::Value = serde_json::from_str(s).map_err(|e| anyhow!("--info is not JSON: {e}"))?;
+            let v: serde_json::Value =
+                serde_json::from_str(s).map_err(|e| anyhow!("--info is not JSON: {e}"))?;
             if !v.is_object() {
                 bail!("--info must be a JSON object");
             }
@@ -445,7 +518,13 @@ fn token(t: TokenArgs) -> anyhow::Result<()> {
     for c in &t.channels {
         herald_protocol::ChannelName::new(c).map_err(|e| anyhow!("--channels {c:?}: {e}"))?;
     }
-    for p in t.allow_subscribe.iter().chain(&t.allow_publish).chain(&t.allow_signal).chain(&t.allow_presence) {
+    for p in t
+        .allow_subscribe
+        .iter()
+        .chain(&t.allow_publish)
+        .chain(&t.allow_signal)
+        .chain(&t.allow_presence)
+    {
         herald_protocol::Pattern::new(p).map_err(|e| anyhow!("pattern {p:?}: {e}"))?;
     }
     let spec = herald_auth::TokenSpec {
@@ -458,7 +537,11 @@ fn token(t: TokenArgs) -> anyhow::Result<()> {
         presence: t.allow_presence,
         info,
     };
-    let now = i64::try_from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs())?;
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs(),
+    )?;
     let tok = herald_auth::Minter::hs256(secret.as_bytes())
         .mint(&spec.to_claims(now))
         .map_err(|e| anyhow!("{e}"))?;

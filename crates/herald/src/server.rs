@@ -68,12 +68,18 @@ impl App {
             }
             if req.method() == Method::GET && path == "/" {
                 let mut r = text(StatusCode::FOUND, "see /demo\n");
-                r.headers_mut().insert(http::header::LOCATION, http::HeaderValue::from_static("/demo"));
+                r.headers_mut().insert(
+                    http::header::LOCATION,
+                    http::HeaderValue::from_static("/demo"),
+                );
                 return r;
             }
         }
         if self.ingest.is_some() && path.starts_with("/v1") {
-            return herald_ingest::http::error(herald_protocol::ErrorCode::NotFound, "no such route");
+            return herald_ingest::http::error(
+                herald_protocol::ErrorCode::NotFound,
+                "no such route",
+            );
         }
         text(StatusCode::NOT_FOUND, "not found\n")
     }
