@@ -207,7 +207,7 @@ async fn body(svc: &IngestService, req: Request<Incoming>) -> Result<Bytes, Inge
 struct PublishBody<'a> {
     channel: Option<String>,
     channels: Option<Vec<String>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "herald_protocol::client::present")]
     data: Option<&'a RawValue>,
     key: Option<String>,
     from: Option<String>,
@@ -302,7 +302,7 @@ async fn publish(svc: &IngestService, b: &[u8], publisher: String) -> Result<Res
 #[serde(deny_unknown_fields)]
 struct SignalBody<'a> {
     channel: Option<String>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "herald_protocol::client::present")]
     data: Option<&'a RawValue>,
     from: Option<String>,
 }

@@ -146,8 +146,14 @@ struct RawJsonFrame<'a> {
     since: Option<Value>,
     token: Option<Value>,
     key: Option<Value>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     data: Option<&'a RawValue>,
+}
+
+/// `Some` for any value present, `null` included (serde's `Option` would
+/// read `"data": null` as absent).
+pub fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue as serde::Deserialize>::deserialize(d).map(Some)
 }
 
 fn json_fields(payload: &[u8]) -> Result<Fields, RequestError> {

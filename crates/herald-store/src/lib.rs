@@ -3,7 +3,9 @@
 //!
 //! # Layout
 //! - `lib.rs`: the [`Store`] trait, its types and [`StoreError`].
-//! - [`sqlite`]: the embedded default (one file, WAL, `BEGIN IMMEDIATE`).
+//! - [`sqlite`]: the embedded default (one file, WAL, `BEGIN IMMEDIATE`);
+//!   `sqlite/writer.rs`: its writer task, which commits concurrent appends
+//!   together (group commit, one savepoint each).
 //! - [`postgres`]: production backend shared by several ingest replicas.
 //! - [`conformance`]: one suite every backend must pass unchanged.
 //! - `append.rs`: what both backends share about an append: channel order

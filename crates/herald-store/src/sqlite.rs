@@ -4,52 +4,63 @@
 //! Invariants:
 //! - Every write runs in `BEGIN IMMEDIATE`: a deferred transaction that reads
 //!   and then writes fails with `SQLITE_BUSY_SNAPSHOT` under concurrent
-//!   writers whatever the busy timeout (CRATES.md, sqlx). Writers of this
-//!   process also queue on an in-process lock first, so they take turns
-//!   without polling SQLite's busy handler; `busy_timeout` (5 s) covers
-//!   other processes on the same file.
+//!   writers whatever the busy timeout (CRATES.md, sqlx). All writes of this
+//!   process go through one writer task on one connection ([`writer`]), so
+//!   they never contend with each other in SQLite; `busy_timeout` (5 s)
+//!   covers other processes on the same file.
+//! - Group commit: the appends queued while a transaction runs are committed
+//!   together in the next one, each in its own savepoint; an append returns
+//!   only after its transaction committed ([`writer`] has the details).
 //! - A channel's seq is raised by an upsert in the same transaction as the
 //!   message insert (gap-free, see `lib.rs`).
-//! - Reads of one history page run in one read transaction, so `last_seq`,
-//!   `first_seq` and the messages are one snapshot.
+//! - Reads use a separate pool (WAL readers run beside the writer) and see
+//!   committed transactions only. One history page runs in one read
+//!   transaction, so `last_seq`, `first_seq` and the messages are one
+//!   snapshot.
 //!
 //! `synchronous = NORMAL` with WAL survives a process crash, not a power
 //! loss; that is the embedded default's trade.
 
-use crate::append::{self, Plan, Remembered, Verdict};
+#[cfg(test)]
+mod tests;
+mod writer;
+
+use crate::append::{self, Plan};
 use crate::{
     AppendRequest, Appended, History, Store, StoreConfig, StoreError, StoredMessage, now_ms,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
 use herald_protocol::{ChannelName, JsonData};
-use sqlx::Row;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
+use sqlx::{ConnectOptions, Row};
 use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use writer::{Job, Writer};
 
 /// Schema, embedded at compile time (`build.rs` reruns on changes).
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
-/// Rows deleted per prune transaction, so a big prune never holds the write
-/// lock for long.
+/// Rows deleted per prune step, so a big prune never holds the write lock
+/// for long.
 const PRUNE_BATCH: i64 = 1000;
 
 /// The SQLite store. Cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct SqliteStore {
+    /// Read connections (history, positions, ping).
     pool: SqlitePool,
     cfg: StoreConfig,
-    /// Serialises this process's write transactions (SQLite has one writer;
-    /// waiting here is FIFO and costs no polling). Held across awaits by
-    /// design, hence tokio's mutex.
-    write: tokio::sync::Mutex<()>,
+    /// The writer task's queue: every append and prune step.
+    jobs: mpsc::Sender<Job>,
 }
 
 impl SqliteStore {
     /// Opens (creating when missing, parent directory included) the database
-    /// file at `path` and applies the migrations.
+    /// file at `path`, applies the migrations and starts the writer task
+    /// (needs a tokio runtime; it stops when the store drops).
     ///
     /// Errors: [`StoreError::Setup`] when the file cannot be created or
     /// opened, or a migration fails.
@@ -67,27 +78,51 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
-        // Readers run in parallel under WAL; writers take turns anyway.
+        // Readers run in parallel under WAL.
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(5))
-            .connect_with(opts)
+            .connect_with(opts.clone())
             .await
             .map_err(|e| StoreError::Setup(format!("opening sqlite database {path}: {e}")))?;
         MIGRATOR
             .run(&pool)
             .await
             .map_err(|e| StoreError::Setup(format!("migrating sqlite database {path}: {e}")))?;
-        Ok(Self {
-            pool,
-            cfg,
-            write: tokio::sync::Mutex::new(()),
-        })
+        let conn = opts.connect().await.map_err(|e| {
+            StoreError::Setup(format!("opening sqlite write connection {path}: {e}"))
+        })?;
+        let (jobs, queue) = mpsc::channel(writer::QUEUE);
+        tokio::spawn(Writer::new(opts, conn, &cfg).run(queue));
+        Ok(Self { pool, cfg, jobs })
     }
 
-    /// Closes the pool, waiting for connections to finish (WAL checkpoint).
+    /// Finishes the queued writes, closes the write connection, then the
+    /// pool (WAL checkpoint). Later writes fail with `Unavailable`.
     pub async fn close(&self) {
+        let (reply, done) = oneshot::channel();
+        if self.jobs.send(Job::Close { reply }).await.is_ok() {
+            // An error means the writer is gone already.
+            let _ = done.await;
+        }
         self.pool.close().await;
+    }
+
+    /// Hands `job` to the writer and waits for its answer.
+    async fn submit<T>(
+        &self,
+        job: Job,
+        answer: oneshot::Receiver<Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        self.jobs
+            .send(job)
+            .await
+            .map_err(|_| StoreError::Unavailable(sqlx::Error::PoolClosed))?;
+        // The writer answers every job it takes; a dropped sender means it
+        // stopped (closed, or its task ended with the runtime).
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable(sqlx::Error::WorkerCrashed))?
     }
 }
 
@@ -104,114 +139,11 @@ impl Store for SqliteStore {
                 duplicate: false,
             });
         }
-        let _turn = self.write.lock().await;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-
-        if let Some(key) = &req.key {
-            let row = sqlx::query(
-                "SELECT id, ts, fingerprint, seqs, created_ms FROM idempotency \
-                 WHERE publisher = ? AND key = ?",
-            )
-            .bind(&req.publisher)
-            .bind(key)
-            .fetch_optional(&mut *tx)
-            .await?;
-            match row {
-                None => {
-                    sqlx::query(
-                        "INSERT INTO idempotency (publisher, key, id, ts, fingerprint, seqs, created_ms) \
-                         VALUES (?, ?, ?, ?, ?, '[]', ?)",
-                    )
-                    .bind(&req.publisher)
-                    .bind(key)
-                    .bind(&req.id)
-                    .bind(req.ts)
-                    .bind(&plan.fingerprint)
-                    .bind(req.ts)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                Some(row) => {
-                    let rem = Remembered {
-                        id: row.try_get("id")?,
-                        ts: row.try_get("ts")?,
-                        fingerprint: row.try_get("fingerprint")?,
-                        seqs: row.try_get("seqs")?,
-                        created_ms: row.try_get("created_ms")?,
-                    };
-                    match append::judge(&rem, &plan, req.ts, self.cfg.idempotency_window)? {
-                        Verdict::Duplicate(found) => {
-                            tx.rollback().await?;
-                            return Ok(found);
-                        }
-                        Verdict::Expired => {
-                            sqlx::query(
-                                "UPDATE idempotency SET id = ?, ts = ?, fingerprint = ?, seqs = '[]', \
-                                 created_ms = ? WHERE publisher = ? AND key = ?",
-                            )
-                            .bind(&req.id)
-                            .bind(req.ts)
-                            .bind(&plan.fingerprint)
-                            .bind(req.ts)
-                            .bind(&req.publisher)
-                            .bind(key)
-                            .execute(&mut *tx)
-                            .await?;
-                        }
-                    }
-                }
-            }
+        if std::str::from_utf8(req.data.as_bytes()).is_err() {
+            return Err(StoreError::Corrupt("data is not UTF-8 JSON text".into()));
         }
-
-        let data = std::str::from_utf8(req.data.as_bytes())
-            .map_err(|_| StoreError::Corrupt("data is not UTF-8 JSON text".into()))?;
-        let mut assigned = Vec::with_capacity(plan.lock_order.len());
-        for ch in &plan.lock_order {
-            let seq: i64 = sqlx::query_scalar(
-                "INSERT INTO channels (name, last_seq) VALUES (?, 1) \
-                 ON CONFLICT (name) DO UPDATE SET last_seq = channels.last_seq + 1 \
-                 RETURNING last_seq",
-            )
-            .bind(ch.as_str())
-            .fetch_one(&mut *tx)
-            .await?;
-            sqlx::query(
-                "INSERT INTO messages (channel, seq, id, ts, sender, data) VALUES (?, ?, ?, ?, ?, ?)",
-            )
-            .bind(ch.as_str())
-            .bind(seq)
-            .bind(&req.id)
-            .bind(req.ts)
-            .bind(req.from.as_deref())
-            .bind(data)
-            .execute(&mut *tx)
-            .await?;
-            if let Some(bound) = append::evict_through(seq, self.cfg.retention_max_messages) {
-                sqlx::query("DELETE FROM messages WHERE channel = ? AND seq <= ?")
-                    .bind(ch.as_str())
-                    .bind(bound)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            assigned.push((ch.clone(), append::seq_from_db(seq)?));
-        }
-        let seqs = plan.in_request_order(&assigned);
-
-        if let Some(key) = &req.key {
-            sqlx::query("UPDATE idempotency SET seqs = ? WHERE publisher = ? AND key = ?")
-                .bind(append::encode_seqs(&seqs))
-                .bind(&req.publisher)
-                .bind(key)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(Appended {
-            id: req.id,
-            ts: req.ts,
-            seqs,
-            duplicate: false,
-        })
+        let (reply, answer) = oneshot::channel();
+        self.submit(Job::Append { req, plan, reply }, answer).await
     }
 
     async fn history(
@@ -329,24 +261,25 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
+        if self.jobs.is_closed() {
+            return Err(StoreError::Unavailable(sqlx::Error::PoolClosed));
+        }
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
 }
 
 impl SqliteStore {
-    /// One bounded delete (`sql` binds the cutoff, then the batch size) in its
-    /// own write transaction; returns the rows deleted.
+    /// One bounded delete (`sql` binds the cutoff, then the batch size),
+    /// committed by the writer; returns the rows deleted.
     async fn write_batch(&self, sql: &'static str, cutoff: i64) -> Result<u64, StoreError> {
-        let _turn = self.write.lock().await;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let n = sqlx::query(sql)
-            .bind(cutoff)
-            .bind(PRUNE_BATCH)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        tx.commit().await?;
-        Ok(n)
+        let (reply, answer) = oneshot::channel();
+        let job = Job::Delete {
+            sql,
+            cutoff,
+            limit: PRUNE_BATCH,
+            reply,
+        };
+        self.submit(job, answer).await
     }
 }
