@@ -352,3 +352,46 @@ async fn close_refuses_later_writes() {
     let got = store.append(req(&[&c], "3", "id-3")).await.expect("append");
     assert_eq!(got.seqs, vec![(c, 2)]);
 }
+
+/// A keyed publish to 100 channels (ingest's most) in reverse name order:
+/// one query with 300 channel statements; seqs in request order, and a
+/// retry with the channels in name order gets them in its own order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wide_keyed_publish() {
+    let dir = herald_testkit::temp_dir();
+    let store = open(&dir).await;
+    let chans: Vec<ChannelName> = (0..100)
+        .rev()
+        .map(|i| ch(&format!("wide_{i:03}")))
+        .collect();
+    let refs: Vec<&ChannelName> = chans.iter().collect();
+    store
+        .append(req(&refs[..1], "0", "id-0"))
+        .await
+        .expect("append");
+    let got = store
+        .append(keyed(&refs, "1", "id-1", "pub", "k"))
+        .await
+        .expect("append");
+    let want: Vec<(ChannelName, u64)> = chans
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.clone(), if i == 0 { 2 } else { 1 }))
+        .collect();
+    assert_eq!(got.seqs, want);
+    let mut sorted = refs.clone();
+    sorted.sort();
+    let again = store
+        .append(keyed(&sorted, "1", "id-2", "pub", "k"))
+        .await
+        .expect("append");
+    assert!(again.duplicate);
+    assert_eq!(again.id, "id-1");
+    let mut want_sorted = want.clone();
+    want_sorted.sort();
+    assert_eq!(again.seqs, want_sorted);
+    for c in &chans {
+        let h = store.history(c, 0, 10).await.expect("history");
+        assert_eq!(h.messages.last().map(|m| m.id.as_str()), Some("id-1"));
+    }
+}

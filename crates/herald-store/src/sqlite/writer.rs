@@ -390,7 +390,7 @@ async fn append_one(
         // Outside the savepoint: a failed read aborts the batch.
         let row = sqlx::query(
             "SELECT id, ts, fingerprint, seqs, created_ms FROM idempotency \
-             WHERE publisher = ?1 AND key = ?2",
+             WHERE publisher = ? AND key = ?",
         )
         .bind(&req.publisher)
         .bind(key)
