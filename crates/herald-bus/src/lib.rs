@@ -80,12 +80,16 @@ pub trait Presence: Send + Sync + 'static {
     async fn list(&self, channel: &ChannelName) -> Result<Vec<ClientInfo>, BusError>;
 
     /// Re-asserts a node's live entries so they do not expire (called every
-    /// `[presence] ttl / 3`). Default: join each.
-    async fn refresh(&self, entries: &[(ChannelName, ClientInfo)]) -> Result<(), BusError> {
-        for (ch, client) in entries {
-            self.join(ch, client).await?;
-        }
-        Ok(())
+    /// `[presence] ttl / 3`). Entries no longer present (removed by a
+    /// `leave` after the caller's snapshot, or expired meanwhile) are NOT
+    /// written back, so a client that just left is never resurrected; they
+    /// are returned, and the caller re-joins those it still holds. Default:
+    /// nothing to refresh.
+    async fn refresh(
+        &self,
+        _entries: &[(ChannelName, ClientInfo)],
+    ) -> Result<Vec<(ChannelName, ClientInfo)>, BusError> {
+        Ok(Vec::new())
     }
 
     /// Removes and returns the entries of `channel` whose expiry passed (a

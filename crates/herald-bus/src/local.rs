@@ -139,13 +139,6 @@ impl Presence for LocalPresence {
             .map(|c| c.values().cloned().collect())
             .unwrap_or_default())
     }
-
-    /// In-process entries never expire (their node removes them), so there
-    /// is nothing to refresh; re-joining a snapshot could resurrect a client
-    /// that left meanwhile.
-    async fn refresh(&self, _entries: &[(ChannelName, ClientInfo)]) -> Result<(), BusError> {
-        Ok(())
-    }
 }
 
 #[cfg(test)]

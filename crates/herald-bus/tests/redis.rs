@@ -308,7 +308,8 @@ async fn malformed_payloads_are_dropped_and_delivery_goes_on() {
 }
 
 /// Entries expire `ttl` after their last join/refresh: `expire` returns each
-/// once, `list` stops showing it, `refresh` brings it back.
+/// once, `list` stops showing it; `refresh` extends live entries and reports
+/// (never resurrects) gone ones.
 async fn presence_expiry(p: &RedisPresence) {
     let c = ch("exp_p");
     let a = client("c_a");
@@ -334,11 +335,38 @@ async fn presence_expiry(p: &RedisPresence) {
     assert!(p.list(&c).await.unwrap().is_empty());
     assert!(p.expire(&c).await.unwrap().is_empty(), "returned once");
 
-    p.refresh(&[(c.clone(), a.clone()), (ch("exp_q"), client("c_b"))])
+    // refresh never writes back an entry that is gone (it left or expired
+    // after the caller's snapshot): it reports it instead.
+    let mut missing = p
+        .refresh(&[(c.clone(), a.clone()), (ch("exp_q"), client("c_b"))])
         .await
         .unwrap();
+    missing.sort_by(|x, y| x.1.conn.cmp(&y.1.conn));
+    assert_eq!(
+        missing,
+        vec![(c.clone(), a.clone()), (ch("exp_q"), client("c_b"))]
+    );
+    assert!(p.list(&c).await.unwrap().is_empty());
+    assert!(p.list(&ch("exp_q")).await.unwrap().is_empty());
+
+    // refresh keeps a live entry alive past its ttl (1 s here): refreshed
+    // every 300 ms for 2.5 s, it stays listed and is never reported missing.
+    p.join(&c, &a).await.unwrap();
+    let until = tokio::time::Instant::now() + Duration::from_millis(2500);
+    while tokio::time::Instant::now() < until {
+        assert!(
+            p.refresh(&[(c.clone(), a.clone())])
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            p.expire(&c).await.unwrap().is_empty(),
+            "refreshed entry expired"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     assert_eq!(p.list(&c).await.unwrap(), vec![a.clone()]);
-    assert_eq!(p.list(&ch("exp_q")).await.unwrap(), vec![client("c_b")]);
 
     // Two sweeps racing (two gateways): the entry comes out of exactly one.
     eventually(

@@ -621,6 +621,13 @@ impl Hub {
         out
     }
 
+    /// Whether connection `conn` (its id) is subscribed to `ch` here.
+    pub fn holds(&self, ch: &ChannelName, conn: &str) -> bool {
+        self.shard(ch.as_str())
+            .get(ch)
+            .is_some_and(|c| c.subs.iter().any(|s| &*s.conn.id == conn))
+    }
+
     /// Channels with local subscribers.
     pub fn channel_names(&self) -> Vec<ChannelName> {
         let mut out = Vec::new();

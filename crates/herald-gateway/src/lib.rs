@@ -193,10 +193,23 @@ impl Gateway {
                 tick.tick().await;
                 let Some(inner) = weak.upgrade() else { return };
                 let entries = inner.hub.presence_entries();
-                if !entries.is_empty()
-                    && let Err(e) = inner.presence.refresh(&entries).await
-                {
-                    tracing::warn!(error = %e, "presence refresh failed");
+                if !entries.is_empty() {
+                    match inner.presence.refresh(&entries).await {
+                        // Entries that vanished (expired during an outage)
+                        // while their client is still here: join again, and
+                        // say so, since others saw them leave.
+                        Ok(missing) => {
+                            for (ch, client) in missing {
+                                if inner.hub.holds(&ch, &client.conn) {
+                                    if let Err(e) = inner.presence.join(&ch, &client).await {
+                                        tracing::warn!(error = %e, "presence re-join failed");
+                                    }
+                                    hub::publish_presence(&*inner.bus, &ch, "join", client).await;
+                                }
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "presence refresh failed"),
+                    }
                 }
                 for ch in inner.hub.channel_names() {
                     match inner.presence.expire(&ch).await {

@@ -193,11 +193,21 @@ fn msgpack_data_without_json_form_is_bad_request() {
 
 #[test]
 fn null_data_is_a_value_not_a_missing_field() {
-    let r = decode_request(Encoding::Json, br#"{"op":"publish","id":1,"channel":"c","data":null}"#, LIMITS).unwrap();
+    let r = decode_request(
+        Encoding::Json,
+        br#"{"op":"publish","id":1,"channel":"c","data":null}"#,
+        LIMITS,
+    )
+    .unwrap();
     match r.op {
         Op::Publish { data, .. } => assert_eq!(data.as_bytes(), b"null"),
         other => panic!("{other:?}"),
     }
-    let e = decode_request(Encoding::Json, br#"{"op":"publish","id":1,"channel":"c"}"#, LIMITS).unwrap_err();
+    let e = decode_request(
+        Encoding::Json,
+        br#"{"op":"publish","id":1,"channel":"c"}"#,
+        LIMITS,
+    )
+    .unwrap_err();
     assert_eq!(e.message, "missing data");
 }

@@ -42,6 +42,27 @@ redis.call('PEXPIRE', KEYS[2], ttl * 3)
 return 1
 ";
 
+/// `KEYS`: hash, zset. `ARGV`: ttl ms, then conn, json pairs. Extends the
+/// expiry of entries that still exist; returns the conns that do not (left
+/// or expired since the caller's snapshot: never written back here).
+const REFRESH: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[1])
+local missing = {}
+for i = 2, #ARGV, 2 do
+  if redis.call('ZSCORE', KEYS[2], ARGV[i]) then
+    redis.call('ZADD', KEYS[2], 'XX', now + ttl, ARGV[i])
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  else
+    missing[#missing + 1] = ARGV[i]
+  end
+end
+redis.call('PEXPIRE', KEYS[1], ttl * 3)
+redis.call('PEXPIRE', KEYS[2], ttl * 3)
+return missing
+";
+
 /// `KEYS`: hash, zset. `ARGV`: conn. Removes the entry.
 const LEAVE: &str = r"
 redis.call('HDEL', KEYS[1], ARGV[1])
@@ -157,16 +178,27 @@ impl RedisPresence {
         cmd
     }
 
-    /// Writes `clients` of one channel in one script run.
-    async fn write(&self, channel: &ChannelName, clients: &[&ClientInfo]) -> Result<(), BusError> {
-        let mut cmd = self.script(JOIN, channel);
+    /// Writes `clients` of one channel in one script run (`JOIN` or
+    /// `REFRESH`); returns the script's answer.
+    async fn run_entries(
+        &self,
+        script: &str,
+        channel: &ChannelName,
+        clients: &[&ClientInfo],
+    ) -> Result<::redis::Value, BusError> {
+        let mut cmd = self.script(script, channel);
         cmd.arg(self.ttl_ms);
         for c in clients {
             let json = serde_json::to_vec(c)
                 .map_err(|e| BusError::Unavailable(format!("client info to json: {e}")))?;
             cmd.arg(&c.conn).arg(json);
         }
-        self.conn.query::<::redis::Value>(&cmd).await.map(|_| ())
+        self.conn.query::<::redis::Value>(&cmd).await
+    }
+
+    /// Writes `clients` of one channel with expiry now + ttl.
+    async fn write(&self, channel: &ChannelName, clients: &[&ClientInfo]) -> Result<(), BusError> {
+        self.run_entries(JOIN, channel, clients).await.map(|_| ())
     }
 }
 
@@ -214,27 +246,47 @@ impl Presence for RedisPresence {
     }
 
     /// One script run per channel (all its entries), several channels at once.
-    async fn refresh(&self, entries: &[(ChannelName, ClientInfo)]) -> Result<(), BusError> {
+    async fn refresh(
+        &self,
+        entries: &[(ChannelName, ClientInfo)],
+    ) -> Result<Vec<(ChannelName, ClientInfo)>, BusError> {
         let mut by_channel: BTreeMap<&ChannelName, Vec<&ClientInfo>> = BTreeMap::new();
         for (ch, c) in entries {
             by_channel.entry(ch).or_default().push(c);
         }
         // Owned, boxed futures: borrowing closures trip the `Send` check of
         // async-trait futures.
-        let writes: Vec<BoxFuture<'static, Result<(), BusError>>> = by_channel
+        type Missing = Vec<(ChannelName, ClientInfo)>;
+        let writes: Vec<BoxFuture<'static, Result<Missing, BusError>>> = by_channel
             .into_iter()
             .map(|(ch, clients)| {
                 let this = self.clone();
                 let ch = ch.clone();
                 let clients: Vec<ClientInfo> = clients.into_iter().cloned().collect();
-                async move { this.write(&ch, &clients.iter().collect::<Vec<_>>()).await }.boxed()
+                async move {
+                    let answer = this
+                        .run_entries(REFRESH, &ch, &clients.iter().collect::<Vec<_>>())
+                        .await?;
+                    let gone: Vec<String> = ::redis::FromRedisValue::from_redis_value(answer)
+                        .map_err(|e| BusError::Unavailable(format!("refresh answer: {e}")))?;
+                    Ok(clients
+                        .into_iter()
+                        .filter(|c| gone.contains(&c.conn))
+                        .map(|c| (ch.clone(), c))
+                        .collect())
+                }
+                .boxed()
             })
             .collect();
-        let results: Vec<Result<(), BusError>> = futures_util::stream::iter(writes)
+        let results: Vec<Result<Missing, BusError>> = futures_util::stream::iter(writes)
             .buffer_unordered(REFRESH_CONCURRENCY)
             .collect()
             .await;
-        results.into_iter().collect()
+        let mut missing = Vec::new();
+        for r in results {
+            missing.extend(r?);
+        }
+        Ok(missing)
     }
 
     async fn expire(&self, channel: &ChannelName) -> Result<Vec<ClientInfo>, BusError> {
