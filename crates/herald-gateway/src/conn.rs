@@ -171,7 +171,7 @@ async fn write_loop(mut wr: Writer, h: Arc<ConnHandle>, done: CancellationToken)
                     // DESIGN.md guarantee 4): give it a moment, then drop
                     // the socket rather than hold the task forever.
                     _ = h.outbox.closed() => matches!(
-                        tokio::time::timeout(STUCK_WRITE_GRACE, &mut write).await,
+                        Box::pin(tokio::time::timeout(STUCK_WRITE_GRACE, &mut write)).await,
                         Ok(Ok(()))
                     ),
                 };
@@ -192,11 +192,11 @@ async fn write_loop(mut wr: Writer, h: Arc<ConnHandle>, done: CancellationToken)
                 }
                 frames.push(ws::close_frame(code));
                 // Bounded: a client that does not read must not hold us.
-                let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                let _ = Box::pin(tokio::time::timeout(Duration::from_secs(5), async {
                     write_all_vectored(&mut wr, &frames).await?;
                     wr.flush().await?;
                     wr.shutdown().await
-                })
+                }))
                 .await;
                 m::disconnects(code.label()).increment(1);
                 h.outbox.mark_dead();
@@ -256,13 +256,13 @@ async fn read_side(
         Ok(c) => c,
         Err(code) => {
             handle.outbox.close(code);
-            linger(wsr, &done).await;
+            Box::pin(linger(wsr, &done)).await;
             return;
         }
     };
     if let Err(code) = gw.register(&handle, &claims.sub) {
         handle.outbox.close(code);
-        linger(wsr, &done).await;
+        Box::pin(linger(wsr, &done)).await;
         return;
     }
     let _ = handle.client.set(ClientInfo {
@@ -281,12 +281,12 @@ async fn read_side(
         expires,
     };
     async {
-        if conn.welcome(&hs).await {
+        if Box::pin(conn.welcome(&hs)).await {
             conn.serve(wsr, &done).await;
         } else {
-            linger(wsr, &done).await;
+            Box::pin(linger(wsr, &done)).await;
         }
-        conn.cleanup().await;
+        Box::pin(conn.cleanup()).await;
     }
     .instrument(span)
     .await;
@@ -586,20 +586,26 @@ impl Conn {
 
     /// The reader loop.
     async fn serve(&mut self, mut rd: FrameReader<Reader>, done: &CancellationToken) {
-        let limits = self.gw.cfg.limits.clone();
-        let mut heartbeat = tokio::time::interval_at(
-            tokio::time::Instant::now() + limits.heartbeat_interval,
-            limits.heartbeat_interval,
-        );
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A handle on the shared config, not a copy of it in every task.
+        let gw = self.gw.clone();
+        let limits = &gw.cfg.limits;
         let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
-        let expiry = tokio::time::sleep_until(self.expires.unwrap_or(far));
-        tokio::pin!(expiry);
         let mut last_recv = tokio::time::Instant::now();
+        let mut next_ping = last_recv + limits.heartbeat_interval;
+        // One timer for the ping, the silence timeout and the token expiry
+        // (whichever is first): each timer is ~100 bytes in every idle
+        // connection's task.
+        let timer = tokio::time::sleep_until(next_ping);
+        tokio::pin!(timer);
         let mut rate = RateLimit::new(limits.rate_per_second, limits.rate_burst);
         let mut fragments: Option<(InOp, BytesMut)> = None;
         loop {
             let timeout_at = last_recv + limits.heartbeat_timeout;
+            let expires_at = self.expires.unwrap_or(far);
+            let due = next_ping.min(timeout_at).min(expires_at);
+            if timer.deadline() != due {
+                timer.as_mut().reset(due);
+            }
             tokio::select! {
                 // Cancel-safe: FrameReader consumes a frame only once whole.
                 res = rd.read() => {
@@ -626,7 +632,7 @@ impl Conn {
                         InOp::Close => {
                             self.handle.outbox.close(CloseCode::Normal);
                             // The client said goodbye: no lingering needed.
-                            let _ = tokio::time::timeout(Duration::from_secs(5), done.cancelled()).await;
+                            let _ = Box::pin(tokio::time::timeout(Duration::from_secs(5), done.cancelled())).await;
                             return;
                         }
                         InOp::Ping => {
@@ -668,7 +674,10 @@ impl Conn {
                                 }
                                 match rate.take(std::time::Instant::now()) {
                                     Ok(true) => {
-                                        self.on_request(&msg).await;
+                                        // Boxed: a request's state (a replay, an
+                                        // ingest call) lives only while it runs,
+                                        // not in every idle connection's task.
+                                        Box::pin(self.on_request(&msg)).await;
                                         // We did not read while handling it
                                         // (a replay, a slow ingest): that
                                         // silence is ours, not the client's.
@@ -692,27 +701,25 @@ impl Conn {
                         }
                     }
                 }
-                _ = heartbeat.tick() => {
-                    self.handle.outbox.push_unbounded(ws::frame(ws::Opcode::Ping, b""));
-                }
-                _ = tokio::time::sleep_until(timeout_at) => {
-                    self.handle.outbox.close(CloseCode::HeartbeatTimeout);
-                    break;
-                }
-                _ = &mut expiry => {
-                    match self.expires {
-                        Some(at) if at <= tokio::time::Instant::now() => {
-                            self.handle.outbox.close(CloseCode::TokenExpired);
-                            break;
-                        }
-                        // Refreshed: wait for the new deadline.
-                        at => expiry.as_mut().reset(at.unwrap_or(far)),
+                _ = &mut timer => {
+                    let now = tokio::time::Instant::now();
+                    if expires_at <= now {
+                        self.handle.outbox.close(CloseCode::TokenExpired);
+                        break;
+                    }
+                    if timeout_at <= now {
+                        self.handle.outbox.close(CloseCode::HeartbeatTimeout);
+                        break;
+                    }
+                    if next_ping <= now {
+                        self.handle.outbox.push_unbounded(ws::frame(ws::Opcode::Ping, b""));
+                        next_ping = now + limits.heartbeat_interval;
                     }
                 }
                 _ = done.cancelled() => break,
             }
         }
-        linger(rd, done).await;
+        Box::pin(linger(rd, done)).await;
     }
 
     fn decode_limits(&self) -> DecodeLimits {
