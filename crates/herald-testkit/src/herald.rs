@@ -185,7 +185,23 @@ impl HeraldProcess {
         };
         p.spawn();
         if p.opts.wait_ready {
-            p.wait_ready().await;
+            // A free port can be taken by someone else between our probe and
+            // herald's bind: on that failure only, retry on fresh ports.
+            let mut attempts = 1;
+            while let Err(log) = p.wait_ready_once().await {
+                if attempts < 3 && log.contains("Address already in use") {
+                    attempts += 1;
+                    p.port = free_port();
+                    if p.pass_admin {
+                        p.admin_port = free_port();
+                    } else if p.opts.subcommand == "dev" && admin_port_in(&p.opts).is_none() {
+                        p.admin_port = p.port;
+                    }
+                    p.spawn();
+                    continue;
+                }
+                panic!("{log}");
+            }
         }
         p
     }
@@ -332,26 +348,33 @@ impl HeraldProcess {
     }
 
     async fn wait_ready(&mut self) {
+        if let Err(msg) = self.wait_ready_once().await {
+            panic!("{msg}");
+        }
+    }
+
+    /// Waits for `/healthz`; on exit or timeout, the failure with the log.
+    async fn wait_ready_once(&mut self) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(status) = self.poll_exit() {
-                panic!(
+                return Err(format!(
                     "herald {} exited with {status} before /healthz answered 200; last {TAIL_LINES} lines of its log:\n{}",
                     self.opts.subcommand,
                     child::log_tail(&self.log_path(), TAIL_LINES)
-                );
+                ));
             }
             if healthz_ok(self.admin_port).await {
-                return;
+                return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
                 self.kill();
-                panic!(
+                return Err(format!(
                     "herald {} did not answer 200 on http://127.0.0.1:{}/healthz within {READY_TIMEOUT:?}; last {TAIL_LINES} lines of its log:\n{}",
                     self.opts.subcommand,
                     self.admin_port,
                     child::log_tail(&self.log_path(), TAIL_LINES)
-                );
+                ));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
