@@ -2355,14 +2355,22 @@ async fn sigterm_drains_with_1012() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_serves_the_demo_page_with_working_tokens() {
     let h = start_dev(&[]).await;
-    let resp = reqwest::get(format!("{}/demo", h.http_url())).await.unwrap();
+    let resp = reqwest::get(format!("{}/demo", h.http_url()))
+        .await
+        .unwrap();
     assert_eq!(resp.status().as_u16(), 200);
     let ctype = resp.headers()["content-type"].to_str().unwrap().to_owned();
     assert!(ctype.starts_with("text/html"), "{ctype}");
     let page = resp.text().await.unwrap();
-    assert!(!page.contains("__HERALD_DEMO_CONFIG__"), "config placeholder left in the page");
+    assert!(
+        !page.contains("__HERALD_DEMO_CONFIG__"),
+        "config placeholder left in the page"
+    );
     // The injected visitor token is accepted by the gateway.
-    let start = page.find("\"visitorToken\":\"").expect("visitor token injected") + 16;
+    let start = page
+        .find("\"visitorToken\":\"")
+        .expect("visitor token injected")
+        + 16;
     let token = &page[start..start + page[start..].find('"').unwrap()];
     let (_c, welcome) = Connect::new(&h).token(token).ready().await;
     assert_eq!(welcome["type"], "welcome", "{welcome}");
