@@ -396,6 +396,10 @@ impl Gateway {
         if !conns.is_empty() {
             let step = window / u32::try_from(conns.len()).unwrap_or(u32::MAX).max(1);
             for c in conns {
+                // One that closed meanwhile takes no slot of the window.
+                if c.outbox.is_closing() {
+                    continue;
+                }
                 c.outbox.close(CloseCode::ServiceRestart);
                 if !step.is_zero() {
                     tokio::time::sleep(step).await;

@@ -161,7 +161,10 @@ impl<R: tokio::io::AsyncRead + Unpin> FrameReader<R> {
                 }
                 return Ok(f);
             }
-            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 2 {
+            // An empty buffer waits with no allocation (read_buf then takes
+            // 64 bytes when data arrives); a buffer that filled up grows,
+            // and parse() reserves a whole frame once its header is known.
+            if !self.buf.is_empty() && self.buf.capacity() - self.buf.len() < READ_CHUNK / 2 {
                 self.buf.reserve(READ_CHUNK);
             }
             match self.rd.read_buf(&mut self.buf).await {

@@ -83,9 +83,17 @@ impl serde::Serialize for JsonData {
 }
 
 impl<'de> serde::Deserialize<'de> for JsonData {
+    /// From JSON (history pages over HTTP) the text is kept verbatim, so a
+    /// replayed or gap-filled message carries exactly the bytes published
+    /// (key order, `1.50`, big integers); other formats go through a value.
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let v = serde_json::Value::deserialize(d)?;
-        Ok(Self::from_value(&v))
+        if d.is_human_readable() {
+            let raw = Box::<RawValue>::deserialize(d)?;
+            Ok(Self(Bytes::from(String::from(Box::<str>::from(raw)))))
+        } else {
+            let v = serde_json::Value::deserialize(d)?;
+            Ok(Self::from_value(&v))
+        }
     }
 }
 

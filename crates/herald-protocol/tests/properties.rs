@@ -211,3 +211,18 @@ fn null_data_is_a_value_not_a_missing_field() {
     .unwrap_err();
     assert_eq!(e.message, "missing data");
 }
+
+/// A history item read back over HTTP keeps `data` byte-exact: key order,
+/// `1.50`, integers beyond f64 (a replay must carry what was published).
+#[test]
+fn history_items_keep_data_verbatim() {
+    let text = r#"{"channel":"c","seq":1,"id":"m","ts":1,"data":{"b":1.50,"a":123456789012345678901234567890,"s":"\u00e9"}}"#;
+    let m: herald_protocol::server::Message = serde_json::from_str(text).unwrap();
+    assert_eq!(
+        std::str::from_utf8(m.data.as_bytes()).unwrap(),
+        r#"{"b":1.50,"a":123456789012345678901234567890,"s":"\u00e9"}"#
+    );
+    let page: herald_protocol::api::HistoryPage =
+        serde_json::from_str(&format!(r#"{{"messages":[{text}],"last_seq":1}}"#)).unwrap();
+    assert_eq!(page.messages[0].data, m.data);
+}
