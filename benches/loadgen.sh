@@ -8,12 +8,34 @@
 #
 # Flags before the scenario name go to herald-loadgen (e.g. --connect-concurrency 100);
 # HERALD_BIN / LOADGEN_BIN override the binaries. herald is stopped by its PID.
+# Before the run it waits (up to BENCH_WAIT_BUILDS_S, default 300 s) until no
+# `rustc`/`cargo` process runs on the machine, and records how long it waited,
+# the load average and the kernel's accept-queue overflow count during the run.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 herald=${HERALD_BIN:-$root/target/release/herald}
 loadgen=${LOADGEN_BIN:-$root/target/release/herald-loadgen}
 out=$1
 shift
+
+# Waits until no compiler runs (other engineers share the machine); prints
+# what it found.
+wait_for_builds() {
+    local waited=0 limit=${BENCH_WAIT_BUILDS_S:-300}
+    while pgrep -x rustc >/dev/null || pgrep -x cargo >/dev/null; do
+        if [ "$waited" -ge "$limit" ]; then
+            echo "still running after ${waited} s: $(pgrep -x -l 'rustc|cargo' | tr '\n' ' ')"
+            return
+        fi
+        sleep 5
+        waited=$((waited + 5))
+    done
+    echo "none running at start (waited ${waited} s)"
+}
+# TcpExtListenOverflows: SYNs dropped because an accept queue was full.
+listen_overflows() {
+    awk '/^TcpExt:/ { if (!h) { for (i = 1; i <= NF; i++) n[i] = $i; h = 1 } else for (i = 1; i <= NF; i++) if (n[i] == "ListenOverflows") print $i }' /proc/net/netstat
+}
 
 dir=$(mktemp -d -t herald-bench-XXXXXX)
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -42,11 +64,18 @@ if [ -z "$ready" ]; then
     exit 1
 fi
 
+builds=$(wait_for_builds)
 {
     echo "# date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "# commit: $(git -C "$root" rev-parse --short HEAD)"
+    echo "# binaries: herald built $(date -u -r "$herald" +%Y-%m-%dT%H:%M:%SZ), herald-loadgen $(date -u -r "$loadgen" +%Y-%m-%dT%H:%M:%SZ)"
+    echo "# compilers (rustc/cargo): $builds"
     echo "# load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "# command: herald-loadgen --pid <herald dev pid> $*"
 } | tee "$out"
+overflows_before=$(listen_overflows)
+status=0
 HERALD_API_KEY=$key HERALD_JWT_SECRET=$secret \
-    "$loadgen" --url "http://127.0.0.1:$port" --pid "$pid" "$@" | tee -a "$out"
+    "$loadgen" --url "http://127.0.0.1:$port" --pid "$pid" "$@" | tee -a "$out" || status=$?
+echo "ListenOverflows during run: $(($(listen_overflows) - overflows_before))" | tee -a "$out"
+exit "$status"

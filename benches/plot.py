@@ -6,7 +6,7 @@
 
 Reads the `RESULT {json}` lines of benches/results/*.txt and writes
 benches/latency-vs-rate.png (ramp steps) and benches/rss-vs-connections.png
-(idle checkpoints).
+(idle checkpoints, before and after the commits that followed e5ef3e9).
 """
 import json
 import pathlib
@@ -55,16 +55,23 @@ def latency_vs_rate():
 
 def rss_vs_connections():
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    r = result("idle-19000.txt")
-    idle = r["idle"]
-    xs = [0] + [p["connections"] for p in idle["points"]]
-    ys = [idle["rss_before_kb"] / 1024] + [p["rss_kb"] / 1024 for p in idle["points"]]
-    ax.plot(xs, ys, "o-", label="gateway RSS (idle, 1 subscription each)")
-    base = idle["rss_before_kb"] / 1024
+    runs = [
+        ("idle-19000.txt", "before: binaries of e5ef3e9", "o--", "gray"),
+        ("e8f3e66/idle-19000.txt", "after: binaries of e8f3e66", "o-", "C0"),
+    ]
+    for name, label, style, color in runs:
+        r = result(name)
+        idle = r["idle"]
+        xs = [0] + [p["connections"] for p in idle["points"]]
+        ys = [idle["rss_before_kb"] / 1024] + [p["rss_kb"] / 1024 for p in idle["points"]]
+        ax.plot(xs, ys, style, color=color, label=f"{label} (idle, 1 subscription each)")
+        for p in idle["points"]:
+            ax.annotate(f"{p['rss_per_conn_bytes'] / 1024:.1f} KiB/conn",
+                        (p["connections"], p["rss_kb"] / 1024),
+                        textcoords="offset points", xytext=(-30, 8), fontsize=7, color=color)
+    base = result("e8f3e66/idle-19000.txt")["idle"]["rss_before_kb"] / 1024
     ax.plot([0, 19000], [base, base + 19000 * 4 / 1024], "r:", label="4 KiB/connection target")
-    for p in idle["points"]:
-        ax.annotate(f"{p['rss_per_conn_bytes'] / 1024:.1f} KiB/conn", (p["connections"], p["rss_kb"] / 1024),
-                    textcoords="offset points", xytext=(-30, 8), fontsize=8)
+    ax.margins(x=0.1, y=0.12)
     ax.set_xlabel("open connections")
     ax.set_ylabel("RSS (MiB)")
     ax.set_title("herald dev (release): RSS vs idle connections")
