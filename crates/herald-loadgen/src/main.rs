@@ -31,9 +31,13 @@ const DEADLINE_SLACK: Duration = Duration::from_secs(30);
     about = "Load generator for herald (127.0.0.1 only)"
 )]
 struct Cli {
-    /// Public URL of the herald under test (`/ws` and `/v1/publish`).
+    /// Public URL of the herald under test (`/ws`, and `/v1/publish` unless
+    /// `--ingest-url` is given).
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     url: String,
+    /// Where to publish when ingest is a separate node (Redis topology).
+    #[arg(long)]
+    ingest_url: Option<String>,
     /// Ingest API key (`herald dev` prints it).
     #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
     api_key: String,
@@ -49,9 +53,9 @@ struct Cli {
     /// Publish requests in flight at once.
     #[arg(long, default_value_t = 64)]
     publish_concurrency: usize,
-    /// WebSocket handshakes in flight at once. Kept below the 128-entry
-    /// accept backlog that tokio's `TcpListener::bind` gives a server, past
-    /// which dropped SYNs cost 1 s each (benches/RESULTS.md, connect).
+    /// WebSocket handshakes in flight at once (herald listens with a 4096
+    /// backlog; a server with tokio's default 128 drops SYNs past it, each
+    /// costing a 1 s retry: benches/RESULTS.md, connect).
     #[arg(long, default_value_t = 100)]
     connect_concurrency: usize,
     /// Bound on one connect + upgrade + welcome.
@@ -339,7 +343,10 @@ fn execute(cli: &Cli) -> (Report, i32) {
         cli.cmd.check()?;
         target::check_fd_budget(cli.cmd.connections())?;
         let common = Common {
-            target: Target::new(&cli.url, &cli.api_key, &cli.jwt_secret)?,
+            target: match &cli.ingest_url {
+                Some(i) => Target::new(&cli.url, &cli.api_key, &cli.jwt_secret)?.with_ingest(i)?,
+                None => Target::new(&cli.url, &cli.api_key, &cli.jwt_secret)?,
+            },
             pids: cli.pids.iter().map(u32::to_string).collect(),
             size: cli.size,
             publish_concurrency: cli.publish_concurrency.max(1),

@@ -53,7 +53,7 @@ impl Api {
             .build(conn);
         Ok(Self {
             client,
-            uri: format!("http://{}/v1/publish", target.addr)
+            uri: format!("http://{}/v1/publish", target.ingest_addr)
                 .parse()
                 .context("publish URI")?,
             auth: http::HeaderValue::from_str(&format!("Bearer {}", target.api_key))

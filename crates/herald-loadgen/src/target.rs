@@ -21,6 +21,9 @@ const TOKEN_TTL: Duration = Duration::from_secs(3600);
 pub struct Target {
     /// `127.0.0.1:PORT` of the public listener (`/ws` and `/v1/*` in dev).
     pub addr: SocketAddr,
+    /// Where `POST /v1/publish` goes: `addr` in dev, the ingest node's
+    /// listener in the Redis topology (`--ingest-url`).
+    pub ingest_addr: SocketAddr,
     /// Bearer key for `POST /v1/publish`.
     pub api_key: String,
     /// Signs connection tokens (HS256 with the server's `--jwt-secret`).
@@ -31,25 +34,19 @@ impl Target {
     /// Parses `http://127.0.0.1:PORT` (or `localhost`, or `ws://`); any other
     /// host is refused.
     pub fn new(url: &str, api_key: &str, jwt_secret: &str) -> anyhow::Result<Self> {
-        let rest = url
-            .strip_prefix("http://")
-            .or_else(|| url.strip_prefix("ws://"))
-            .with_context(|| format!("--url {url:?}: expected http://127.0.0.1:PORT"))?;
-        let hostport = rest.split('/').next().unwrap_or(rest);
-        let (host, port) = hostport
-            .rsplit_once(':')
-            .with_context(|| format!("--url {url:?}: the port is missing"))?;
-        if host != "127.0.0.1" && host != "localhost" {
-            bail!("--url {url:?}: herald-loadgen only targets 127.0.0.1 (loopback)");
-        }
-        let port: u16 = port
-            .parse()
-            .with_context(|| format!("--url {url:?}: bad port"))?;
+        let addr = loopback(url, "--url")?;
         Ok(Self {
-            addr: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)),
+            addr,
+            ingest_addr: addr,
             api_key: api_key.to_owned(),
             minter: Minter::hs256(jwt_secret.as_bytes()),
         })
+    }
+
+    /// Publishes to another listener (an ingest node), same loopback rule.
+    pub fn with_ingest(mut self, url: &str) -> anyhow::Result<Self> {
+        self.ingest_addr = loopback(url, "--ingest-url")?;
+        Ok(self)
     }
 
     /// A connection token for `sub` with `channels` as automatic
@@ -70,6 +67,26 @@ impl Target {
             .mint(&spec.to_claims(now))
             .map_err(|e| anyhow::anyhow!("minting a token: {e}"))
     }
+}
+
+/// Parses `http://127.0.0.1:PORT` (or `localhost`, or `ws://`); any other
+/// host is refused.
+fn loopback(url: &str, flag: &str) -> anyhow::Result<SocketAddr> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("ws://"))
+        .with_context(|| format!("{flag} {url:?}: expected http://127.0.0.1:PORT"))?;
+    let hostport = rest.split('/').next().unwrap_or(rest);
+    let (host, port) = hostport
+        .rsplit_once(':')
+        .with_context(|| format!("{flag} {url:?}: the port is missing"))?;
+    if host != "127.0.0.1" && host != "localhost" {
+        bail!("{flag} {url:?}: herald-loadgen only targets 127.0.0.1 (loopback)");
+    }
+    let port: u16 = port
+        .parse()
+        .with_context(|| format!("{flag} {url:?}: bad port"))?;
+    Ok(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)))
 }
 
 /// Cycles client source addresses over 127.0.0.1..=127.0.0.254, so that
@@ -129,6 +146,16 @@ mod tests {
         assert!(Target::new("http://10.0.0.1:8080", "k", "s").is_err());
         assert!(Target::new("http://127.0.0.1", "k", "s").is_err());
         assert!(Target::new("https://127.0.0.1:1", "k", "s").is_err());
+        let t = Target::new("http://127.0.0.1:8080", "k", "s").unwrap();
+        assert_eq!(t.ingest_addr, t.addr);
+        let t = t.with_ingest("http://127.0.0.1:8081").unwrap();
+        assert_eq!(t.ingest_addr.port(), 8081);
+        assert!(
+            Target::new("http://127.0.0.1:8080", "k", "s")
+                .unwrap()
+                .with_ingest("http://10.0.0.1:1")
+                .is_err()
+        );
     }
 
     #[test]
