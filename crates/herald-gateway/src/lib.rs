@@ -29,7 +29,7 @@ pub use ingest::{Ingest, IngestError, PublishCall};
 use bytes::Bytes;
 use herald_auth::Verifier;
 use herald_bus::{Bus, Presence};
-use herald_protocol::api::HistoryPage;
+use herald_protocol::api::{HistoryPage, percent_decode};
 use herald_protocol::server::PublishResult;
 use herald_protocol::{ChannelName, CloseCode, Encoding};
 use http_body_util::Full;
@@ -443,35 +443,9 @@ pub fn parse_query(q: &str) -> HashMap<String, String> {
         .filter(|p| !p.is_empty())
         .map(|p| {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (percent_decode(k), percent_decode(v))
+            (percent_decode(k, true), percent_decode(v, true))
         })
         .collect()
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                let hex = std::str::from_utf8(&b[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok());
-                match hex {
-                    Some(v) => {
-                        out.push(v);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -484,6 +458,5 @@ mod tests {
         assert_eq!(q["token"], "a.b.c");
         assert_eq!(q["recover"], "chat_1:5,chat_2:0");
         assert_eq!(q["x"], "");
-        assert_eq!(percent_decode("%zz%4"), "%zz%4");
     }
 }

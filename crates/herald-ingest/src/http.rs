@@ -160,28 +160,8 @@ async fn dispatch(svc: &IngestService, req: Request<Incoming>) -> Result<Resp, I
 }
 
 fn channel(raw: &str) -> Result<ChannelName, IngestError> {
-    let decoded = percent_decode(raw);
+    let decoded = herald_protocol::api::percent_decode(raw, false);
     ChannelName::new(&decoded).map_err(|e| bad_channel(&decoded, e))
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = (b[i] == b'%' && i + 2 < b.len())
-            .then(|| std::str::from_utf8(&b[i + 1..i + 3]).ok())
-            .flatten()
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        if let Some(v) = hex {
-            out.push(v);
-            i += 3;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 async fn body(svc: &IngestService, req: Request<Incoming>) -> Result<Bytes, IngestError> {
@@ -361,16 +341,4 @@ async fn history(svc: &IngestService, ch: &ChannelName, query: &str) -> Result<R
     }
     let page = svc.history(ch, after, limit).await?;
     Ok(json(StatusCode::OK, &page))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn decodes_percent() {
-        assert_eq!(percent_decode("chat%5F1"), "chat_1");
-        assert_eq!(percent_decode("a%"), "a%");
-        assert_eq!(percent_decode("%4"), "%4");
-    }
 }
