@@ -281,7 +281,11 @@ async fn read_side(
         expires,
     };
     async {
-        if Box::pin(conn.welcome(&hs)).await {
+        let welcomed = Box::pin(conn.welcome(&hs)).await;
+        // The handshake (token text, recover= map) is not needed any more:
+        // an idle connection should not keep it.
+        drop(hs);
+        if welcomed {
             conn.serve(wsr, &done).await;
         } else {
             Box::pin(linger(wsr, &done)).await;
