@@ -96,7 +96,7 @@ fn decode_seqs(text: &str) -> Result<Vec<(ChannelName, u64)>, StoreError> {
 }
 
 /// An idempotency row as read back.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Remembered {
     /// Message id of the first request.
     pub id: String,

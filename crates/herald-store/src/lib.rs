@@ -6,7 +6,9 @@
 //! - [`sqlite`]: the embedded default (one file, WAL, `BEGIN IMMEDIATE`);
 //!   `sqlite/writer.rs`: its writer task, which commits concurrent appends
 //!   together (group commit, one savepoint each).
-//! - [`postgres`]: production backend shared by several ingest replicas.
+//! - [`postgres`]: production backend shared by several ingest replicas;
+//!   `postgres/writer.rs`: its writer tasks, which commit concurrent appends
+//!   together (group commit, one round-trip set per batch).
 //! - [`conformance`]: one suite every backend must pass unchanged.
 //! - `append.rs`: what both backends share about an append: channel order
 //!   (request order out, sorted order for locking), the idempotency

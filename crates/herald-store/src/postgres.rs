@@ -1,24 +1,29 @@
 //! The production store: PostgreSQL shared by several ingest replicas.
 //!
 //! Invariants:
-//! - A channel's seq is raised by `INSERT .. ON CONFLICT DO UPDATE ..
-//!   RETURNING` in the same transaction as the message insert; the row lock
-//!   held until commit serialises that channel's writers across replicas,
-//!   and a rollback undoes the increment (gap-free; never a SEQUENCE).
-//! - Lock order is fixed: first the idempotency row (at most one), then the
-//!   channel rows in sorted name order. Two transactions never wait on each
-//!   other in a cycle, whatever channel order their requests list.
-//! - An idempotency key is claimed with `INSERT .. ON CONFLICT DO NOTHING`
-//!   before anything else: a concurrent request with the same key blocks on
-//!   the unique index until the first commits, then reads its result
-//!   (`SELECT .. FOR UPDATE`, a fresh snapshot under READ COMMITTED). A
-//!   plain `SELECT .. FOR UPDATE` alone would not do: there is no row to
-//!   lock before the first insert.
+//! - Appends go through [`writer`]: a few writer tasks commit the appends
+//!   queued meanwhile together (group commit), in one transaction per batch;
+//!   an append returns only after its batch committed.
+//! - A channel's seq is read under its row lock and written back in the same
+//!   transaction as the message insert; the row lock held until commit
+//!   serialises that channel's writers across replicas, and a rollback undoes
+//!   the increment (gap-free; never a SEQUENCE).
+//! - Lock order is fixed: the channel rows of a whole batch in byte order of
+//!   their names, then the advisory locks of its idempotency keys in
+//!   ascending order. Two batches (of this or another replica) never wait on
+//!   each other in a cycle, whatever channel order their requests list.
+//! - A key is read only while its advisory lock is held, so two appends with
+//!   one key (any replica) are decided one after the other, the second
+//!   against the committed first.
 //! - Prune never waits on a row lock (`SKIP LOCKED`), so it cannot deadlock
 //!   with appends evicting the same rows; what it skips goes next time.
 //! - Migrations take sqlx's advisory lock, so replicas may start together.
 
-use crate::append::{self, Plan, Remembered, Verdict};
+#[cfg(test)]
+mod tests;
+mod writer;
+
+use crate::append::{self, Plan};
 use crate::{
     AppendRequest, Appended, History, Store, StoreConfig, StoreError, StoredMessage, now_ms,
 };
@@ -28,7 +33,10 @@ use herald_protocol::{ChannelName, JsonData};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Connection as _, Row};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::{Mutex, mpsc, oneshot};
+use writer::Job;
 
 /// Schema, embedded at compile time (`build.rs` reruns on changes).
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -36,20 +44,19 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 /// Rows deleted per prune statement.
 const PRUNE_BATCH: i64 = 5000;
 
-/// How often an append restarts when its key's row vanished between the
-/// claim and the read (pruned concurrently). Once is enough in practice.
-const KEY_RACE_RETRIES: usize = 3;
-
 /// The PostgreSQL store. Cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct PgStore {
     pool: PgPool,
     cfg: StoreConfig,
+    /// The writers' queue.
+    jobs: mpsc::Sender<Job>,
 }
 
 impl PgStore {
-    /// Connects (pool of up to 16, 5 s acquire timeout) and applies the
-    /// migrations (safe when several replicas start at once).
+    /// Connects (pool of up to 16, 5 s acquire timeout), applies the
+    /// migrations (safe when several replicas start at once) and starts the
+    /// writer tasks (needs a tokio runtime; they stop when the store drops).
     ///
     /// Errors: [`StoreError::Setup`] for a bad URL or a failed migration,
     /// [`StoreError::Unavailable`] when the server cannot be reached.
@@ -75,128 +82,22 @@ impl PgStore {
             .run(&pool)
             .await
             .map_err(|e| StoreError::Setup(format!("migrating postgres database: {e}")))?;
-        Ok(Self { pool, cfg })
+        let (jobs, queue) = mpsc::channel(writer::QUEUE);
+        let queue = Arc::new(Mutex::new(queue));
+        for _ in 0..writer::WRITERS {
+            tokio::spawn(writer::run(
+                pool.clone(),
+                writer::Settings::new(&cfg),
+                queue.clone(),
+            ));
+        }
+        Ok(Self { pool, cfg, jobs })
     }
 
-    /// Closes the pool, waiting for checked-out connections to return.
+    /// Closes the pool, waiting for checked-out connections (a batch being
+    /// committed) to return. Later appends fail with `Unavailable`.
     pub async fn close(&self) {
         self.pool.close().await;
-    }
-
-    /// One attempt at an append. `Ok(None)`: the key's row vanished between
-    /// claim and read; run again.
-    async fn try_append(
-        &self,
-        req: &AppendRequest,
-        plan: &Plan,
-    ) -> Result<Option<Appended>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-
-        if let Some(key) = &req.key {
-            let claimed = sqlx::query(
-                "INSERT INTO idempotency (publisher, key, id, ts, fingerprint, seqs, created_ms) \
-                 VALUES ($1, $2, $3, $4, $5, '[]', $4) \
-                 ON CONFLICT (publisher, key) DO NOTHING",
-            )
-            .bind(&req.publisher)
-            .bind(key)
-            .bind(&req.id)
-            .bind(req.ts)
-            .bind(&plan.fingerprint)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-                == 1;
-            if !claimed {
-                let row = sqlx::query(
-                    "SELECT id, ts, fingerprint, seqs, created_ms FROM idempotency \
-                     WHERE publisher = $1 AND key = $2 FOR UPDATE",
-                )
-                .bind(&req.publisher)
-                .bind(key)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let Some(row) = row else {
-                    tx.rollback().await?;
-                    return Ok(None);
-                };
-                let rem = Remembered {
-                    id: row.try_get("id")?,
-                    ts: row.try_get("ts")?,
-                    fingerprint: row.try_get("fingerprint")?,
-                    seqs: row.try_get("seqs")?,
-                    created_ms: row.try_get("created_ms")?,
-                };
-                match append::judge(&rem, plan, req.ts, self.cfg.idempotency_window)? {
-                    Verdict::Duplicate(found) => {
-                        tx.rollback().await?;
-                        return Ok(Some(found));
-                    }
-                    Verdict::Expired => {
-                        sqlx::query(
-                            "UPDATE idempotency SET id = $3, ts = $4, fingerprint = $5, \
-                             seqs = '[]', created_ms = $4 WHERE publisher = $1 AND key = $2",
-                        )
-                        .bind(&req.publisher)
-                        .bind(key)
-                        .bind(&req.id)
-                        .bind(req.ts)
-                        .bind(&plan.fingerprint)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                }
-            }
-        }
-
-        let mut assigned = Vec::with_capacity(plan.lock_order.len());
-        for ch in &plan.lock_order {
-            let seq: i64 = sqlx::query_scalar(
-                "INSERT INTO channels (name, last_seq) VALUES ($1, 1) \
-                 ON CONFLICT (name) DO UPDATE SET last_seq = channels.last_seq + 1 \
-                 RETURNING last_seq",
-            )
-            .bind(ch.as_str())
-            .fetch_one(&mut *tx)
-            .await?;
-            sqlx::query(
-                "INSERT INTO messages (channel, seq, id, ts, sender, data) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(ch.as_str())
-            .bind(seq)
-            .bind(&req.id)
-            .bind(req.ts)
-            .bind(req.from.as_deref())
-            .bind(req.data.as_bytes())
-            .execute(&mut *tx)
-            .await?;
-            if let Some(bound) = append::evict_through(seq, self.cfg.retention_max_messages) {
-                sqlx::query("DELETE FROM messages WHERE channel = $1 AND seq <= $2")
-                    .bind(ch.as_str())
-                    .bind(bound)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            assigned.push((ch.clone(), append::seq_from_db(seq)?));
-        }
-        let seqs = plan.in_request_order(&assigned);
-
-        if let Some(key) = &req.key {
-            sqlx::query("UPDATE idempotency SET seqs = $3 WHERE publisher = $1 AND key = $2")
-                .bind(&req.publisher)
-                .bind(key)
-                .bind(append::encode_seqs(&seqs))
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(Some(Appended {
-            id: req.id.clone(),
-            ts: req.ts,
-            seqs,
-            duplicate: false,
-        }))
     }
 
     /// Deletes up to [`PRUNE_BATCH`] rows per statement until fewer remain;
@@ -231,14 +132,16 @@ impl Store for PgStore {
                 duplicate: false,
             });
         }
-        for _ in 0..KEY_RACE_RETRIES {
-            if let Some(done) = self.try_append(&req, &plan).await? {
-                return Ok(done);
-            }
-        }
-        Err(StoreError::Corrupt(
-            "idempotency key row keeps vanishing between claim and read".into(),
-        ))
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job { req, plan, reply })
+            .await
+            .map_err(|_| StoreError::Unavailable(sqlx::Error::PoolClosed))?;
+        // A writer answers every job it takes; a dropped sender means the
+        // writers stopped (their task ended with the runtime).
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable(sqlx::Error::WorkerCrashed))?
     }
 
     async fn history(

@@ -1,0 +1,417 @@
+//! Group commit (PostgreSQL): many appends sharing transactions keep the
+//! seq and idempotency guarantees, one failing append leaves the others of
+//! its batch alone, and two stores ("replicas") on one database lock their
+//! batches without deadlock.
+
+use super::PgStore;
+use super::writer::{Job, QUEUE};
+use crate::append::Plan;
+use crate::{AppendRequest, Appended, Store, StoreConfig, StoreError, now_ms};
+use bytes::Bytes;
+use herald_protocol::{ChannelName, JsonData};
+use herald_testkit::{TestDb, test_database};
+use sqlx::Connection as _;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+fn ch(s: &str) -> ChannelName {
+    ChannelName::new(s).expect("valid channel name")
+}
+
+fn req(channels: &[&ChannelName], data: &str, id: &str) -> AppendRequest {
+    AppendRequest {
+        channels: channels.iter().map(|c| (*c).clone()).collect(),
+        data: JsonData::from_json_text(Bytes::copy_from_slice(data.as_bytes())).expect("json"),
+        from: None,
+        publisher: "tests".into(),
+        key: None,
+        id: id.into(),
+        ts: now_ms(),
+    }
+}
+
+fn keyed(
+    channels: &[&ChannelName],
+    data: &str,
+    id: &str,
+    publisher: &str,
+    key: &str,
+) -> AppendRequest {
+    AppendRequest {
+        publisher: publisher.into(),
+        key: Some(key.into()),
+        ..req(channels, data, id)
+    }
+}
+
+/// A store on a fresh database; the database must outlive it.
+async fn open() -> (Arc<PgStore>, TestDb) {
+    let db = test_database().await;
+    let store = PgStore::open(db.url(), StoreConfig::default())
+        .await
+        .expect("open");
+    (Arc::new(store), db)
+}
+
+async fn history_seqs_ids(store: &PgStore, c: &ChannelName) -> Vec<(u64, String)> {
+    let h = store.history(c, 0, 10_000).await.expect("history");
+    assert_eq!(h.last_seq, h.messages.len() as u64, "{c}: last_seq");
+    h.messages.into_iter().map(|m| (m.seq, m.id)).collect()
+}
+
+/// 500 appends from 50 tasks over 5 channels, most with keys (two
+/// publishers, 40 keys each, data "A" or "B"): each channel's seqs are
+/// exactly 1..=n; per (publisher, key) one append is stored, the same data
+/// is a duplicate answered with the stored id/ts/seqs, other data a
+/// conflict that stores nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_with_duplicate_keys() {
+    const TASKS: usize = 50;
+    const EACH: usize = 10;
+    let (store, _db) = open().await;
+    let chans: Vec<ChannelName> = (0..5).map(|i| ch(&format!("group_{i}"))).collect();
+
+    /// What request `j` is: its channel, its (publisher, key) family when
+    /// keyed, and its data variant.
+    fn shape(j: usize) -> (usize, Option<(String, String)>, &'static str) {
+        let family = j % 80;
+        let variant = if j.is_multiple_of(3) { "B" } else { "A" };
+        if j.is_multiple_of(7) {
+            return (j % 5, None, variant);
+        }
+        let publisher = if family < 40 { "alice" } else { "bob" };
+        // j ≡ family (mod 80), so a family always writes to one channel.
+        (
+            j % 5,
+            Some((publisher.to_string(), format!("k{}", family % 40))),
+            variant,
+        )
+    }
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..TASKS {
+        let (store, chans) = (store.clone(), chans.clone());
+        tasks.spawn(async move {
+            let mut got = Vec::new();
+            for i in 0..EACH {
+                let j = t * EACH + i;
+                let (c, family, variant) = shape(j);
+                // The same key from both publishers carries the same data:
+                // only the scope tells them apart.
+                let data = format!("{{\"key\":{},\"v\":\"{variant}\"}}", j % 40);
+                let id = format!("id-{j}");
+                let r = match &family {
+                    None => req(&[&chans[c]], &data, &id),
+                    Some((p, k)) => keyed(&[&chans[c]], &data, &id, p, k),
+                };
+                got.push((j, store.append(r).await));
+            }
+            got
+        });
+    }
+    let mut results: Vec<(usize, Result<Appended, StoreError>)> = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        results.extend(done.expect("append task"));
+    }
+    assert_eq!(results.len(), TASKS * EACH);
+
+    // Stored messages, by channel: seq -> (id, j).
+    let mut stored: Vec<BTreeMap<u64, String>> = vec![BTreeMap::new(); chans.len()];
+    // Per family: the stored one (j, result) and the others.
+    let mut winners: HashMap<(String, String), (usize, Appended)> = HashMap::new();
+    let mut retries: Vec<(usize, Result<Appended, StoreError>)> = Vec::new();
+    for (j, r) in results {
+        let (c, family, _) = shape(j);
+        match (family, r) {
+            (None, r) => {
+                let a = r.expect("an append without a key succeeds");
+                assert!(!a.duplicate);
+                assert_eq!(a.id, format!("id-{j}"));
+                let seq = a.seqs[0].1;
+                assert!(stored[c].insert(seq, a.id).is_none(), "seq {seq} twice");
+            }
+            (Some(f), Ok(a)) if !a.duplicate => {
+                assert_eq!(a.id, format!("id-{j}"));
+                assert_eq!(a.seqs.len(), 1);
+                assert_eq!(a.seqs[0].0, chans[c]);
+                assert!(stored[c].insert(a.seqs[0].1, a.id.clone()).is_none());
+                assert!(winners.insert(f, (j, a)).is_none(), "a key stored twice");
+            }
+            (Some(_), r) => retries.push((j, r)),
+        }
+    }
+    assert_eq!(winners.len(), 80, "every (publisher, key) stored once");
+    let (mut dups, mut conflicts) = (0, 0);
+    for (j, r) in retries {
+        let (_, family, variant) = shape(j);
+        let family = family.expect("keyed");
+        let (wj, w) = &winners[&family];
+        let winner_variant = shape(*wj).2;
+        match r {
+            Ok(a) => {
+                assert!(a.duplicate);
+                assert_eq!(variant, winner_variant, "a duplicate has the stored data");
+                assert_eq!((&a.id, a.ts, &a.seqs), (&w.id, w.ts, &w.seqs));
+                dups += 1;
+            }
+            Err(StoreError::Conflict) => {
+                assert_ne!(variant, winner_variant, "same data never conflicts");
+                conflicts += 1;
+            }
+            Err(e) => panic!("request {j}: {e:?}"),
+        }
+    }
+    assert!(
+        dups > 0 && conflicts > 0,
+        "dups {dups}, conflicts {conflicts}"
+    );
+
+    let mut total = 0;
+    for (c, want) in chans.iter().zip(&stored) {
+        let n = want.len() as u64;
+        assert_eq!(
+            want.keys().copied().collect::<Vec<_>>(),
+            (1..=n).collect::<Vec<_>>()
+        );
+        let got = history_seqs_ids(&store, c).await;
+        let want: Vec<(u64, String)> = want.iter().map(|(s, id)| (*s, id.clone())).collect();
+        assert_eq!(got, want, "{c}: history is what was answered");
+        total += n;
+    }
+    // Unkeyed ones plus one per family; conflicts and duplicates stored nothing.
+    let unkeyed = (0..TASKS * EACH).filter(|j| j.is_multiple_of(7)).count() as u64;
+    assert_eq!(total, unkeyed + 80);
+}
+
+/// Hands `r` to the writers as `append` does, returning when it is queued.
+async fn queue(
+    store: &PgStore,
+    r: AppendRequest,
+) -> oneshot::Receiver<Result<Appended, StoreError>> {
+    let (reply, answer) = oneshot::channel();
+    let plan = Plan::new(&r);
+    store
+        .jobs
+        .send(Job {
+            req: r,
+            plan,
+            reply,
+        })
+        .await
+        .expect("the writers run");
+    answer
+}
+
+/// Waits until the writers took everything queued.
+async fn taken(store: &PgStore) {
+    herald_testkit::eventually(Duration::from_secs(10), "a writer takes it", || {
+        let free = store.jobs.capacity();
+        async move { free == QUEUE }
+    })
+    .await;
+}
+
+/// Holds channel `x`'s row lock from another connection while both writers
+/// wait for it with one append each, so the appends queued meanwhile land in
+/// one batch, in this order: a conflict with an older key, a plain append, a
+/// new key, an append whose insert fails (its seq is taken by a row written
+/// behind the store's back), a conflict and a duplicate of the new key
+/// within the batch, a duplicate of the older key and a two-channel append.
+/// Only the failing ones fail, and they leave nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_failure_in_a_batch_leaves_the_others() {
+    let (store, db) = open().await;
+    let (x, y, poison) = (ch("batch_x"), ch("batch_y"), ch("batch_poison"));
+    let first = store
+        .append(keyed(&[&x], "1", "id-first", "pub", "k1"))
+        .await
+        .expect("append");
+    assert_eq!(first.seqs, vec![(x.clone(), 1)]);
+    sqlx::query(
+        "INSERT INTO messages (channel, seq, id, ts, data) VALUES ($1, 1, 'manual', $2, '0')",
+    )
+    .bind(poison.as_str())
+    .bind(now_ms())
+    .execute(&store.pool)
+    .await
+    .expect("manual row");
+
+    let mut blocker = sqlx::PgConnection::connect(db.url())
+        .await
+        .expect("connect");
+    let mut tx = blocker.begin().await.expect("begin");
+    sqlx::query("SELECT 1 FROM channels WHERE name = $1 FOR UPDATE")
+        .bind(x.as_str())
+        .execute(&mut *tx)
+        .await
+        .expect("lock x");
+
+    // Each writer takes one alone, then waits for x.
+    let lone_a = queue(&store, req(&[&x], "0", "id-lone-a")).await;
+    taken(&store).await;
+    let lone_b = queue(&store, req(&[&x], "0", "id-lone-b")).await;
+    taken(&store).await;
+    let jobs = vec![
+        keyed(&[&x], "2", "id-conflict-old", "pub", "k1"),
+        req(&[&x], "3", "id-plain"),
+        keyed(&[&y], "\"a\"", "id-new", "pub", "k2"),
+        req(&[&poison], "4", "id-poisoned"),
+        keyed(&[&y], "\"b\"", "id-conflict-new", "pub", "k2"),
+        keyed(&[&y], "\"a\"", "id-dup-new", "pub", "k2"),
+        keyed(&[&x], "1", "id-dup-old", "pub", "k1"),
+        req(&[&y, &x], "5", "id-both"),
+    ];
+    let mut handles = Vec::new();
+    for r in jobs {
+        handles.push(queue(&store, r).await);
+    }
+    tx.commit().await.expect("commit");
+    blocker.close().await.expect("close");
+
+    let lone_a = lone_a.await.expect("answered").expect("append");
+    let lone_b = lone_b.await.expect("answered").expect("append");
+    let mut got = Vec::new();
+    for h in handles {
+        got.push(h.await.expect("answered"));
+    }
+    let mut got = got.into_iter();
+    let mut next = || got.next().expect("a result per job");
+    assert!(matches!(next(), Err(StoreError::Conflict)));
+    let plain = next().expect("plain");
+    let new = next().expect("new key");
+    assert!(!new.duplicate);
+    assert_eq!(new.seqs, vec![(y.clone(), 1)]);
+    let poisoned = next().expect_err("its seq is taken");
+    assert!(poisoned.is_retryable(), "{poisoned:?}");
+    assert!(matches!(next(), Err(StoreError::Conflict)));
+    let dup = next().expect("duplicate in the batch");
+    assert!(dup.duplicate);
+    assert_eq!((&dup.id, dup.ts, &dup.seqs), (&new.id, new.ts, &new.seqs));
+    let dup = next().expect("duplicate of the older key");
+    assert!(dup.duplicate);
+    assert_eq!((&dup.id, &dup.seqs), (&first.id, &first.seqs));
+    let both = next().expect("two channels");
+    assert_eq!(both.seqs[0], (y.clone(), 2));
+
+    // x: 1, then the two lone ones and the batch's two in answered order.
+    let mut answered: Vec<(u64, String)> = [&lone_a, &lone_b, &plain, &both]
+        .iter()
+        .map(|a| {
+            let seq = a.seqs.iter().find(|(c, _)| c == &x).expect("x").1;
+            (seq, a.id.clone())
+        })
+        .collect();
+    answered.push((1, "id-first".into()));
+    answered.sort();
+    assert_eq!(
+        answered.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5]
+    );
+    let plain_seq = plain.seqs[0].1;
+    assert!(plain_seq < both.seqs[1].1, "batch order within the batch");
+    assert_eq!(history_seqs_ids(&store, &x).await, answered);
+    assert_eq!(
+        history_seqs_ids(&store, &y).await,
+        vec![(1, "id-new".to_string()), (2, "id-both".to_string())]
+    );
+    // The failed append was rolled back: no seq taken, only the manual row.
+    assert_eq!(
+        store
+            .positions(std::slice::from_ref(&poison))
+            .await
+            .expect("positions"),
+        vec![0]
+    );
+    let left: HashSet<String> = store
+        .history(&poison, 0, 10)
+        .await
+        .expect("history")
+        .messages
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(left, HashSet::from(["manual".to_string()]));
+
+    // The store goes on after the failure.
+    let after = store
+        .append(req(&[&x], "6", "id-after"))
+        .await
+        .expect("append");
+    assert_eq!(after.seqs, vec![(x.clone(), 6)]);
+}
+
+/// Two stores ("replicas", each with its own writers and pool) on one
+/// database append concurrently to overlapping channel sets listed in
+/// opposite orders (["a","b"], ["b","a"], ["c","a"], ["b"]), some keyed:
+/// no deadlock, no error, and each channel's seqs are exactly 1..=n, each
+/// answered once and matching history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_cross_channels_without_deadlock() {
+    const TASKS: usize = 16;
+    const EACH: usize = 25;
+    let db = test_database().await;
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        replicas.push(Arc::new(
+            PgStore::open(db.url(), StoreConfig::default())
+                .await
+                .expect("open"),
+        ));
+    }
+    let (a, b, c) = (ch("cross_a"), ch("cross_b"), ch("cross_c"));
+    let sets: Vec<Vec<ChannelName>> = vec![
+        vec![a.clone(), b.clone()],
+        vec![b.clone(), a.clone()],
+        vec![c.clone(), a.clone()],
+        vec![b.clone()],
+    ];
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..TASKS {
+        let store = replicas[t % 2].clone();
+        let sets = sets.clone();
+        tasks.spawn(async move {
+            let mut got = Vec::new();
+            for i in 0..EACH {
+                let j = t * EACH + i;
+                let set: Vec<&ChannelName> = sets[j % sets.len()].iter().collect();
+                let id = format!("id-{j}");
+                let r = if j.is_multiple_of(3) {
+                    keyed(&set, "{}", &id, &format!("p{t}"), &format!("k{i}"))
+                } else {
+                    req(&set, "{}", &id)
+                };
+                got.push(store.append(r).await.expect("append"));
+            }
+            got
+        });
+    }
+    let mut stored: HashMap<ChannelName, BTreeMap<u64, String>> = HashMap::new();
+    while let Some(done) = tasks.join_next().await {
+        for got in done.expect("append task") {
+            assert!(!got.duplicate);
+            for (c, seq) in got.seqs {
+                let prev = stored.entry(c).or_default().insert(seq, got.id.clone());
+                assert!(prev.is_none(), "seq {seq} answered twice");
+            }
+        }
+    }
+    let mut total = 0;
+    for c in [&a, &b, &c] {
+        let want = &stored[c];
+        let n = want.len() as u64;
+        assert_eq!(
+            want.keys().copied().collect::<Vec<_>>(),
+            (1..=n).collect::<Vec<_>>(),
+            "{c}: gap-free"
+        );
+        let want: Vec<(u64, String)> = want.iter().map(|(s, id)| (*s, id.clone())).collect();
+        for store in &replicas {
+            assert_eq!(history_seqs_ids(store, c).await, want, "{c}: history");
+        }
+        total += n;
+    }
+    // Two channels for three sets of four, one for the fourth.
+    assert_eq!(total as usize, TASKS * EACH * 7 / 4);
+}

@@ -1,0 +1,461 @@
+//! The PostgreSQL writers: [`WRITERS`] tasks share this store's append queue
+//! and each commits the appends queued meanwhile together (group commit).
+//!
+//! [`PgStore`](super::PgStore) sends each append as a [`Job`] with a oneshot
+//! reply over a bounded channel (awaiting a full channel is the
+//! backpressure). A writer takes everything queued, up to [`MAX_BATCH`], and
+//! runs it as one transaction on a pooled connection, in a fixed number of
+//! round trips whatever the batch size:
+//!
+//! ```text
+//! BEGIN
+//!   lock every channel of the batch: one upsert, byte-sorted names, RETURNING last_seq
+//!   [lock every key of the batch: pg_advisory_xact_lock, sorted; read their rows]
+//!   judge and assign seqs in memory, job by job
+//!   INSERT all messages; [UPSERT all key rows]; UPDATE last_seq; [evict]
+//! COMMIT, then answer every job
+//! ```
+//!
+//! Invariants:
+//! - Lock order, the same in every replica and every writer: channel rows
+//!   in byte order of their names (one `INSERT .. SELECT FROM unnest(sorted)
+//!   .. ON CONFLICT DO UPDATE`, which takes the rows in array order), then
+//!   the transaction-level advisory locks of the batch's idempotency keys in
+//!   ascending order. No two batches wait on each other in a cycle. Prune
+//!   never waits (`SKIP LOCKED`).
+//! - A channel's seq comes from its `last_seq`, read under the row lock and
+//!   written back in the same transaction as the messages: gap-free across
+//!   replicas, and a rollback undoes everything.
+//! - A key's row is read only once its advisory lock is held, so it shows
+//!   the last committed append with that key (READ COMMITTED: each
+//!   statement sees the latest commits). Within a batch, a later job sees
+//!   the row an earlier one wrote (kept in memory): a retry in the same
+//!   batch is a duplicate, other data a conflict.
+//! - A conflict or a corrupt key row fails that job only, decided before it
+//!   takes a seq: the in-memory counters advance only for appends that are
+//!   stored. A database error in the batch's writes (e.g. a message row in
+//!   the way) rolls the batch back, and its jobs run again one per
+//!   transaction, so only the culprit fails. A serialization failure or
+//!   deadlock (40001, 40P01) retries the batch once. Anything else (connection
+//!   lost, a failed `COMMIT`) fails every job of the batch with a retryable
+//!   [`StoreError::Unavailable`]: nothing is retried whose commit may have
+//!   happened.
+//! - Answers are sent only after `COMMIT` returned.
+//! - A job whose caller is gone before its batch starts is skipped; once the
+//!   batch started it is committed like the others.
+
+use crate::append::{self, Plan, Remembered, Verdict};
+use crate::{AppendRequest, Appended, StoreConfig, StoreError};
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+use sqlx::postgres::{PgPool, PgRow};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+/// Most appends committed in one transaction.
+pub(super) const MAX_BATCH: usize = 256;
+
+/// Appends waiting for a writer before `append` waits for room.
+pub(super) const QUEUE: usize = 1024;
+
+/// Writer tasks per store: while one waits for its `COMMIT`, the other
+/// builds the next batch.
+pub(super) const WRITERS: usize = 2;
+
+/// First half of the advisory lock ids of idempotency keys (`herd`); the
+/// two-int4 key space never meets sqlx's one-bigint migration lock.
+const KEY_LOCK_CLASS: i32 = 0x6865_7264;
+
+/// One append for a writer.
+#[derive(Debug)]
+pub(super) struct Job {
+    pub req: AppendRequest,
+    pub plan: Plan,
+    pub reply: oneshot::Sender<Result<Appended, StoreError>>,
+}
+
+/// The queue the writers share.
+pub(super) type Queue = Arc<Mutex<mpsc::Receiver<Job>>>;
+
+/// What a writer needs of the store's settings.
+#[derive(Debug, Clone)]
+pub(super) struct Settings {
+    /// Messages kept per channel.
+    keep: u64,
+    /// How long a key is remembered.
+    window: Duration,
+}
+
+impl Settings {
+    pub(super) fn new(cfg: &StoreConfig) -> Self {
+        Self {
+            keep: cfg.retention_max_messages,
+            window: cfg.idempotency_window,
+        }
+    }
+}
+
+/// One writer: runs until every sender is gone.
+pub(super) async fn run(pool: PgPool, settings: Settings, queue: Queue) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    loop {
+        let taken = queue.lock().await.recv_many(&mut batch, MAX_BATCH).await;
+        if taken == 0 {
+            return;
+        }
+        batch.retain(|j: &Job| !j.reply.is_closed());
+        if !batch.is_empty() {
+            commit(&pool, &settings, std::mem::take(&mut batch)).await;
+        }
+    }
+}
+
+/// Why a batch attempt did not commit.
+enum Failure {
+    /// A statement before `COMMIT` failed with a database error: the batch is
+    /// rolled back, and some job may be the cause.
+    Statement(sqlx::Error),
+    /// Anything else: connection, `BEGIN` or `COMMIT` failed; or stored
+    /// channel data is unreadable.
+    Batch(StoreError),
+}
+
+/// A serialization failure or deadlock: the same batch may pass next time.
+fn transient(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("40001" | "40P01")))
+}
+
+/// What every job of a failed batch is told. Retryable: nothing was stored.
+#[derive(Debug, thiserror::Error)]
+#[error("write transaction rolled back: {0}")]
+struct RolledBack(String);
+
+fn rolled_back(why: &str) -> StoreError {
+    StoreError::Unavailable(sqlx::Error::AnyDriverError(Box::new(RolledBack(
+        why.to_string(),
+    ))))
+}
+
+/// Commits `jobs` (non-empty) and answers every one.
+async fn commit(pool: &PgPool, settings: &Settings, jobs: Vec<Job>) {
+    let mut retried = false;
+    let failure = loop {
+        match attempt(pool, settings, &jobs).await {
+            Ok(results) => {
+                tracing::trace!(size = jobs.len(), "postgres batch committed");
+                for (job, result) in jobs.into_iter().zip(results) {
+                    let _ = job.reply.send(result);
+                }
+                return;
+            }
+            Err(Failure::Statement(e)) if transient(&e) && !retried => {
+                tracing::debug!(error = %e, "postgres batch retried");
+                retried = true;
+            }
+            Err(Failure::Statement(e)) if jobs.len() > 1 && !transient(&e) => {
+                // Find the culprit: one transaction per job, in order.
+                tracing::warn!(size = jobs.len(), error = %e, "postgres batch split");
+                for job in jobs {
+                    Box::pin(commit(pool, settings, vec![job])).await;
+                }
+                return;
+            }
+            Err(Failure::Statement(e)) => break StoreError::from(e),
+            Err(Failure::Batch(e)) => break e,
+        }
+    };
+    tracing::warn!(size = jobs.len(), error = %failure, "postgres batch rolled back");
+    let mut jobs = jobs;
+    if jobs.len() == 1 {
+        if let Some(job) = jobs.pop() {
+            let _ = job.reply.send(Err(failure));
+        }
+        return;
+    }
+    let why = failure.to_string();
+    for job in jobs {
+        let _ = job.reply.send(Err(rolled_back(&why)));
+    }
+}
+
+/// A key's row to write at the end of the batch.
+struct KeyRow<'a> {
+    publisher: &'a str,
+    key: &'a str,
+    rem: Remembered,
+}
+
+/// One transaction for `jobs`; on success, one result per job.
+async fn attempt(
+    pool: &PgPool,
+    settings: &Settings,
+    jobs: &[Job],
+) -> Result<Vec<Result<Appended, StoreError>>, Failure> {
+    let stmt = |e: sqlx::Error| match e {
+        sqlx::Error::Database(_) => Failure::Statement(e),
+        other => Failure::Batch(other.into()),
+    };
+    let mut tx = pool.begin().await.map_err(|e| Failure::Batch(e.into()))?;
+
+    // Channel rows, locked in byte order (BTreeSet of &str), counters read.
+    let names: Vec<&str> = jobs
+        .iter()
+        .flat_map(|j| j.plan.lock_order.iter().map(|c| c.as_str()))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let rows = sqlx::query(
+        "INSERT INTO channels (name, last_seq) SELECT n, 0 FROM unnest($1::text[]) AS n \
+         ON CONFLICT (name) DO UPDATE SET last_seq = channels.last_seq \
+         RETURNING name, last_seq",
+    )
+    .bind(&names)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(stmt)?;
+    let mut counters: HashMap<String, i64> = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let name: String = row.try_get("name").map_err(|e| Failure::Batch(e.into()))?;
+        let last: i64 = row
+            .try_get("last_seq")
+            .map_err(|e| Failure::Batch(e.into()))?;
+        append::seq_from_db(last).map_err(Failure::Batch)?;
+        counters.insert(name, last);
+    }
+    let start = counters.clone();
+
+    // Keys: advisory locks in ascending order, then their rows.
+    let keys: BTreeSet<(&str, &str)> = jobs
+        .iter()
+        .filter_map(|j| j.req.key.as_deref().map(|k| (j.req.publisher.as_str(), k)))
+        .collect();
+    let mut remembered: HashMap<(&str, &str), Result<Remembered, String>> = HashMap::new();
+    if !keys.is_empty() {
+        let locks: Vec<i32> = keys
+            .iter()
+            .map(|(p, k)| key_lock(p, k))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        sqlx::query("SELECT pg_advisory_xact_lock($1, k) FROM unnest($2::int4[]) AS k")
+            .bind(KEY_LOCK_CLASS)
+            .bind(&locks)
+            .execute(&mut *tx)
+            .await
+            .map_err(stmt)?;
+        let (pubs, ks): (Vec<&str>, Vec<&str>) = keys.iter().copied().unzip();
+        let rows = sqlx::query(
+            "SELECT publisher, key, id, ts, fingerprint, seqs, created_ms FROM idempotency \
+             WHERE (publisher, key) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+        )
+        .bind(&pubs)
+        .bind(&ks)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(stmt)?;
+        for row in rows {
+            let (p, k) = (
+                row.try_get::<String, _>("publisher"),
+                row.try_get::<String, _>("key"),
+            );
+            let (Ok(p), Ok(k)) = (p, k) else {
+                return Err(Failure::Batch(StoreError::Corrupt(
+                    "idempotency row without publisher or key".into(),
+                )));
+            };
+            // Map back to the borrowed pair of the batch.
+            if let Some(&pair) = keys.iter().find(|&&(kp, kk)| kp == p && kk == k) {
+                remembered.insert(pair, read_remembered(&row).map_err(|e| e.to_string()));
+            }
+        }
+    }
+
+    // Judge and assign, job by job, in memory.
+    let mut results = Vec::with_capacity(jobs.len());
+    let mut msgs = Messages::default();
+    let mut key_rows: Vec<KeyRow<'_>> = Vec::new();
+    for job in jobs {
+        let (req, plan) = (&job.req, &job.plan);
+        let pair = req.key.as_deref().map(|k| (req.publisher.as_str(), k));
+        if let Some(pair) = pair {
+            match remembered.get(&pair) {
+                Some(Err(why)) => {
+                    results.push(Err(StoreError::Corrupt(why.clone())));
+                    continue;
+                }
+                Some(Ok(rem)) => match append::judge(rem, plan, req.ts, settings.window) {
+                    Ok(Verdict::Duplicate(found)) => {
+                        results.push(Ok(found));
+                        continue;
+                    }
+                    Ok(Verdict::Expired) => {} // overwritten below
+                    Err(e) => {
+                        results.push(Err(e));
+                        continue;
+                    }
+                },
+                None => {}
+            }
+        }
+        let mut assigned = Vec::with_capacity(plan.lock_order.len());
+        for ch in &plan.lock_order {
+            let Some(last) = counters.get_mut(ch.as_str()) else {
+                return Err(Failure::Batch(StoreError::Corrupt(format!(
+                    "channel {ch} was not locked"
+                ))));
+            };
+            *last += 1;
+            msgs.push(ch.as_str(), *last, req);
+            assigned.push((
+                ch.clone(),
+                append::seq_from_db(*last).map_err(Failure::Batch)?,
+            ));
+        }
+        let seqs = plan.in_request_order(&assigned);
+        if let Some((p, k)) = pair {
+            let rem = Remembered {
+                id: req.id.clone(),
+                ts: req.ts,
+                fingerprint: plan.fingerprint.clone(),
+                seqs: append::encode_seqs(&seqs),
+                created_ms: req.ts,
+            };
+            key_rows.retain(|r| (r.publisher, r.key) != (p, k));
+            key_rows.push(KeyRow {
+                publisher: p,
+                key: k,
+                rem: rem.clone(),
+            });
+            remembered.insert((p, k), Ok(rem));
+        }
+        results.push(Ok(Appended {
+            id: req.id.clone(),
+            ts: req.ts,
+            seqs,
+            duplicate: false,
+        }));
+    }
+
+    // The batch's writes.
+    if !msgs.channel.is_empty() {
+        sqlx::query(
+            "INSERT INTO messages (channel, seq, id, ts, sender, data) SELECT * FROM \
+             unnest($1::text[], $2::int8[], $3::text[], $4::int8[], $5::text[], $6::bytea[])",
+        )
+        .bind(&msgs.channel)
+        .bind(&msgs.seq)
+        .bind(&msgs.id)
+        .bind(&msgs.ts)
+        .bind(&msgs.sender)
+        .bind(&msgs.data)
+        .execute(&mut *tx)
+        .await
+        .map_err(stmt)?;
+    }
+    if !key_rows.is_empty() {
+        let col = |f: for<'r> fn(&'r KeyRow<'_>) -> &'r str| {
+            key_rows.iter().map(f).collect::<Vec<&str>>()
+        };
+        let num = |f: fn(&KeyRow<'_>) -> i64| key_rows.iter().map(f).collect::<Vec<i64>>();
+        sqlx::query(
+            "INSERT INTO idempotency (publisher, key, id, ts, fingerprint, seqs, created_ms) \
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], \
+             $6::text[], $7::int8[]) \
+             ON CONFLICT (publisher, key) DO UPDATE SET id = excluded.id, ts = excluded.ts, \
+             fingerprint = excluded.fingerprint, seqs = excluded.seqs, \
+             created_ms = excluded.created_ms",
+        )
+        .bind(col(|r| r.publisher))
+        .bind(col(|r| r.key))
+        .bind(col(|r| &r.rem.id))
+        .bind(num(|r| r.rem.ts))
+        .bind(col(|r| &r.rem.fingerprint))
+        .bind(col(|r| &r.rem.seqs))
+        .bind(num(|r| r.rem.created_ms))
+        .execute(&mut *tx)
+        .await
+        .map_err(stmt)?;
+    }
+    let mut moved: Vec<(&str, i64)> = counters
+        .iter()
+        .filter(|(n, v)| start.get(n.as_str()) != Some(v))
+        .map(|(n, v)| (n.as_str(), *v))
+        .collect();
+    moved.sort_unstable();
+    if !moved.is_empty() {
+        let (ns, vs): (Vec<&str>, Vec<i64>) = moved.iter().copied().unzip();
+        sqlx::query(
+            "UPDATE channels SET last_seq = u.v FROM unnest($1::text[], $2::int8[]) AS u(n, v) \
+             WHERE channels.name = u.n",
+        )
+        .bind(&ns)
+        .bind(&vs)
+        .execute(&mut *tx)
+        .await
+        .map_err(stmt)?;
+        let (ens, bounds): (Vec<&str>, Vec<i64>) = moved
+            .iter()
+            .filter_map(|&(n, v)| append::evict_through(v, settings.keep).map(|b| (n, b)))
+            .unzip();
+        if !ens.is_empty() {
+            sqlx::query(
+                "DELETE FROM messages m USING unnest($1::text[], $2::int8[]) AS u(n, b) \
+                 WHERE m.channel = u.n AND m.seq <= u.b",
+            )
+            .bind(&ens)
+            .bind(&bounds)
+            .execute(&mut *tx)
+            .await
+            .map_err(stmt)?;
+        }
+    }
+    tx.commit().await.map_err(|e| Failure::Batch(e.into()))?;
+    Ok(results)
+}
+
+/// The message rows of a batch, by column (one `unnest` insert).
+#[derive(Default)]
+struct Messages<'a> {
+    channel: Vec<&'a str>,
+    seq: Vec<i64>,
+    id: Vec<&'a str>,
+    ts: Vec<i64>,
+    sender: Vec<Option<&'a str>>,
+    data: Vec<&'a [u8]>,
+}
+
+impl<'a> Messages<'a> {
+    fn push(&mut self, channel: &'a str, seq: i64, req: &'a AppendRequest) {
+        self.channel.push(channel);
+        self.seq.push(seq);
+        self.id.push(&req.id);
+        self.ts.push(req.ts);
+        self.sender.push(req.from.as_deref());
+        self.data.push(req.data.as_bytes());
+    }
+}
+
+/// Reads a key's row.
+fn read_remembered(row: &PgRow) -> Result<Remembered, StoreError> {
+    Ok(Remembered {
+        id: row.try_get("id")?,
+        ts: row.try_get("ts")?,
+        fingerprint: row.try_get("fingerprint")?,
+        seqs: row.try_get("seqs")?,
+        created_ms: row.try_get("created_ms")?,
+    })
+}
+
+/// Second half of a key's advisory lock id: the first 4 bytes of sha256 of
+/// the length-prefixed publisher and the key. Two keys sharing one only
+/// wait for each other.
+fn key_lock(publisher: &str, key: &str) -> i32 {
+    let mut h = Sha256::new();
+    h.update(publisher.len().to_be_bytes());
+    h.update(publisher.as_bytes());
+    h.update(key.as_bytes());
+    let d = h.finalize();
+    i32::from_be_bytes([d[0], d[1], d[2], d[3]])
+}
