@@ -75,6 +75,7 @@ conformance_tests!(
     duplicate_channels_are_written_once,
     retry_with_same_key_is_duplicate,
     concurrent_retries_store_once,
+    concurrent_keyed_appends_store_each_key_once,
     same_key_other_data_conflicts,
     same_key_other_channels_conflicts,
     keys_are_scoped_to_publisher,

@@ -1,7 +1,8 @@
-//! Group commit (PostgreSQL): many appends sharing transactions keep the
-//! seq and idempotency guarantees, one failing append leaves the others of
-//! its batch alone, and two stores ("replicas") on one database lock their
-//! batches without deadlock.
+//! Group commit (PostgreSQL): one failing append leaves the others of its
+//! batch alone, and two stores ("replicas") on one database lock their
+//! batches without deadlock. Concurrent keyed appends sharing transactions
+//! are checked on both backends by the conformance suite
+//! (`concurrent_keyed_appends_store_each_key_once`).
 
 use super::PgStore;
 use super::writer::{Job, QUEUE};
@@ -59,130 +60,6 @@ async fn history_seqs_ids(store: &PgStore, c: &ChannelName) -> Vec<(u64, String)
     let h = store.history(c, 0, 10_000).await.expect("history");
     assert_eq!(h.last_seq, h.messages.len() as u64, "{c}: last_seq");
     h.messages.into_iter().map(|m| (m.seq, m.id)).collect()
-}
-
-/// 500 appends from 50 tasks over 5 channels, most with keys (two
-/// publishers, 40 keys each, data "A" or "B"): each channel's seqs are
-/// exactly 1..=n; per (publisher, key) one append is stored, the same data
-/// is a duplicate answered with the stored id/ts/seqs, other data a
-/// conflict that stores nothing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_appends_with_duplicate_keys() {
-    const TASKS: usize = 50;
-    const EACH: usize = 10;
-    let (store, _db) = open().await;
-    let chans: Vec<ChannelName> = (0..5).map(|i| ch(&format!("group_{i}"))).collect();
-
-    /// What request `j` is: its channel, its (publisher, key) family when
-    /// keyed, and its data variant.
-    fn shape(j: usize) -> (usize, Option<(String, String)>, &'static str) {
-        let family = j % 80;
-        let variant = if j.is_multiple_of(3) { "B" } else { "A" };
-        if j.is_multiple_of(7) {
-            return (j % 5, None, variant);
-        }
-        let publisher = if family < 40 { "alice" } else { "bob" };
-        // j ≡ family (mod 80), so a family always writes to one channel.
-        (
-            j % 5,
-            Some((publisher.to_string(), format!("k{}", family % 40))),
-            variant,
-        )
-    }
-
-    let mut tasks = tokio::task::JoinSet::new();
-    for t in 0..TASKS {
-        let (store, chans) = (store.clone(), chans.clone());
-        tasks.spawn(async move {
-            let mut got = Vec::new();
-            for i in 0..EACH {
-                let j = t * EACH + i;
-                let (c, family, variant) = shape(j);
-                // The same key from both publishers carries the same data:
-                // only the scope tells them apart.
-                let data = format!("{{\"key\":{},\"v\":\"{variant}\"}}", j % 40);
-                let id = format!("id-{j}");
-                let r = match &family {
-                    None => req(&[&chans[c]], &data, &id),
-                    Some((p, k)) => keyed(&[&chans[c]], &data, &id, p, k),
-                };
-                got.push((j, store.append(r).await));
-            }
-            got
-        });
-    }
-    let mut results: Vec<(usize, Result<Appended, StoreError>)> = Vec::new();
-    while let Some(done) = tasks.join_next().await {
-        results.extend(done.expect("append task"));
-    }
-    assert_eq!(results.len(), TASKS * EACH);
-
-    // Stored messages, by channel: seq -> (id, j).
-    let mut stored: Vec<BTreeMap<u64, String>> = vec![BTreeMap::new(); chans.len()];
-    // Per family: the stored one (j, result) and the others.
-    let mut winners: HashMap<(String, String), (usize, Appended)> = HashMap::new();
-    let mut retries: Vec<(usize, Result<Appended, StoreError>)> = Vec::new();
-    for (j, r) in results {
-        let (c, family, _) = shape(j);
-        match (family, r) {
-            (None, r) => {
-                let a = r.expect("an append without a key succeeds");
-                assert!(!a.duplicate);
-                assert_eq!(a.id, format!("id-{j}"));
-                let seq = a.seqs[0].1;
-                assert!(stored[c].insert(seq, a.id).is_none(), "seq {seq} twice");
-            }
-            (Some(f), Ok(a)) if !a.duplicate => {
-                assert_eq!(a.id, format!("id-{j}"));
-                assert_eq!(a.seqs.len(), 1);
-                assert_eq!(a.seqs[0].0, chans[c]);
-                assert!(stored[c].insert(a.seqs[0].1, a.id.clone()).is_none());
-                assert!(winners.insert(f, (j, a)).is_none(), "a key stored twice");
-            }
-            (Some(_), r) => retries.push((j, r)),
-        }
-    }
-    assert_eq!(winners.len(), 80, "every (publisher, key) stored once");
-    let (mut dups, mut conflicts) = (0, 0);
-    for (j, r) in retries {
-        let (_, family, variant) = shape(j);
-        let family = family.expect("keyed");
-        let (wj, w) = &winners[&family];
-        let winner_variant = shape(*wj).2;
-        match r {
-            Ok(a) => {
-                assert!(a.duplicate);
-                assert_eq!(variant, winner_variant, "a duplicate has the stored data");
-                assert_eq!((&a.id, a.ts, &a.seqs), (&w.id, w.ts, &w.seqs));
-                dups += 1;
-            }
-            Err(StoreError::Conflict) => {
-                assert_ne!(variant, winner_variant, "same data never conflicts");
-                conflicts += 1;
-            }
-            Err(e) => panic!("request {j}: {e:?}"),
-        }
-    }
-    assert!(
-        dups > 0 && conflicts > 0,
-        "dups {dups}, conflicts {conflicts}"
-    );
-
-    let mut total = 0;
-    for (c, want) in chans.iter().zip(&stored) {
-        let n = want.len() as u64;
-        assert_eq!(
-            want.keys().copied().collect::<Vec<_>>(),
-            (1..=n).collect::<Vec<_>>()
-        );
-        let got = history_seqs_ids(&store, c).await;
-        let want: Vec<(u64, String)> = want.iter().map(|(s, id)| (*s, id.clone())).collect();
-        assert_eq!(got, want, "{c}: history is what was answered");
-        total += n;
-    }
-    // Unkeyed ones plus one per family; conflicts and duplicates stored nothing.
-    let unkeyed = (0..TASKS * EACH).filter(|j| j.is_multiple_of(7)).count() as u64;
-    assert_eq!(total, unkeyed + 80);
 }
 
 /// Hands `r` to the writers as `append` does, returning when it is queued.
