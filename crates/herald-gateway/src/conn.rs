@@ -27,11 +27,13 @@ use herald_protocol::{
     ChannelName, CloseCode, DecodeLimits, Encoding, ErrorCode, Op, Request, decode_request,
 };
 use std::collections::HashMap;
+use std::future::poll_fn;
 use std::io::IoSlice;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 /// Boxed read half (the upgraded TCP stream, or a generic split).
@@ -66,6 +68,53 @@ struct SubInfo {
     /// Granted by a subscription token rather than the connection token
     /// (a `refresh` does not end it).
     via_sub_token: bool,
+}
+
+/// A connection's subscriptions, sorted by channel: a hash map's smallest
+/// table is ~120 bytes in every idle connection, and a connection holds at
+/// most `max_subscriptions_per_connection` entries (binary search; an insert
+/// moves at most that many 24-byte entries).
+#[derive(Default)]
+struct Subs(Vec<(ChannelName, SubInfo)>);
+
+impl Subs {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn find(&self, ch: &ChannelName) -> Result<usize, usize> {
+        self.0.binary_search_by(|(c, _)| c.cmp(ch))
+    }
+
+    fn contains_key(&self, ch: &ChannelName) -> bool {
+        self.find(ch).is_ok()
+    }
+
+    fn insert(&mut self, ch: ChannelName, info: SubInfo) {
+        match self.find(&ch) {
+            Ok(i) => self.0[i].1 = info,
+            Err(i) => {
+                if self.0.len() == self.0.capacity() && self.0.len() < 4 {
+                    // Grow one at a time while small (a first push reserves 4).
+                    self.0.reserve_exact(1);
+                }
+                self.0.insert(i, (ch, info));
+            }
+        }
+    }
+
+    fn remove(&mut self, ch: &ChannelName) -> Option<SubInfo> {
+        let i = self.find(ch).ok()?;
+        Some(self.0.remove(i).1)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&ChannelName, &SubInfo)> {
+        self.0.iter().map(|(c, i)| (c, i))
+    }
+
+    fn drain(&mut self) -> impl Iterator<Item = (ChannelName, SubInfo)> + '_ {
+        self.0.drain(..)
+    }
 }
 
 /// Planned replay of a subscription, done after the reply.
@@ -130,13 +179,14 @@ impl RateLimit {
 struct Conn {
     gw: Arc<Inner>,
     handle: Arc<ConnHandle>,
-    claims: ConnClaims,
-    subs: HashMap<ChannelName, SubInfo>,
+    /// Boxed: an idle connection's task should not carry ~200 bytes inline.
+    claims: Box<ConnClaims>,
+    subs: Subs,
     expires: Option<tokio::time::Instant>,
 }
 
 /// Runs a connection until it closes.
-pub async fn run(gw: Arc<Inner>, rd: Reader, wr: Writer, hs: Handshake) {
+pub async fn run(gw: Arc<Inner>, rd: Reader, wr: Writer, hs: Box<Handshake>) {
     let num = gw.next_conn_num();
     let id: Arc<str> = Arc::from(format!("c_{}", uuid::Uuid::now_v7().simple()));
     let handle = Arc::new(ConnHandle {
@@ -146,9 +196,8 @@ pub async fn run(gw: Arc<Inner>, rd: Reader, wr: Writer, hs: Handshake) {
         outbox: Outbox::new(gw.cfg.limits.max_queue_bytes),
         client: std::sync::OnceLock::new(),
     });
-    let done = CancellationToken::new();
-    let writer = write_loop(wr, handle.clone(), done.clone());
-    let reader = read_side(gw, handle.clone(), rd, hs, done.clone());
+    let writer = write_loop(wr, gw.clone(), handle.clone());
+    let reader = read_side(gw, handle.clone(), rd, hs);
     tokio::join!(writer, reader);
 }
 
@@ -156,24 +205,24 @@ pub async fn run(gw: Arc<Inner>, rd: Reader, wr: Writer, hs: Handshake) {
 /// connection was told to close.
 const STUCK_WRITE_GRACE: Duration = Duration::from_secs(2);
 
-async fn write_loop(mut wr: Writer, h: Arc<ConnHandle>, done: CancellationToken) {
+async fn write_loop(mut wr: Writer, gw: Arc<Inner>, h: Arc<ConnHandle>) {
     loop {
         match h.outbox.take().await {
             Take::Frames(frames) => {
                 let n = frames.len() as u64;
                 let bytes: usize = frames.iter().map(Bytes::len).sum();
-                let write = write_all_vectored(&mut wr, &frames);
-                tokio::pin!(write);
-                let ok = tokio::select! {
-                    r = &mut write => r.is_ok(),
-                    // A close was requested while this write waits on a
-                    // client that does not read (the slow consumer of
-                    // DESIGN.md guarantee 4): give it a moment, then drop
-                    // the socket rather than hold the task forever.
-                    _ = h.outbox.closed() => matches!(
-                        Box::pin(tokio::time::timeout(STUCK_WRITE_GRACE, &mut write)).await,
-                        Ok(Ok(()))
-                    ),
+                let mut pos = (0, 0);
+                // Fast path, the usual case: the socket takes the whole batch
+                // now. No timer, no close watch, no allocation.
+                let first =
+                    poll_fn(|cx| Poll::Ready(poll_write_frames(&mut wr, cx, &frames, &mut pos)))
+                        .await;
+                let ok = match first {
+                    Poll::Ready(r) => r.is_ok(),
+                    // The client's window is full: finish the write, watching
+                    // for a close (boxed, so this state is not carried by
+                    // every idle connection).
+                    Poll::Pending => Box::pin(finish_write(&mut wr, &h, &frames, &mut pos)).await,
                 };
                 if !ok {
                     if let Some(code) = h.outbox.close_code() {
@@ -182,8 +231,8 @@ async fn write_loop(mut wr: Writer, h: Arc<ConnHandle>, done: CancellationToken)
                     h.outbox.mark_dead();
                     break;
                 }
-                m::frames_sent().increment(n);
-                m::bytes_sent().increment(bytes as u64);
+                gw.sent.frames.increment(n);
+                gw.sent.bytes.increment(bytes as u64);
             }
             Take::Close(code) => {
                 let mut frames = Vec::with_capacity(2);
@@ -193,7 +242,8 @@ async fn write_loop(mut wr: Writer, h: Arc<ConnHandle>, done: CancellationToken)
                 frames.push(ws::close_frame(code));
                 // Bounded: a client that does not read must not hold us.
                 let _ = Box::pin(tokio::time::timeout(Duration::from_secs(5), async {
-                    write_all_vectored(&mut wr, &frames).await?;
+                    let mut pos = (0, 0);
+                    poll_fn(|cx| poll_write_frames(&mut wr, cx, &frames, &mut pos)).await?;
                     wr.flush().await?;
                     wr.shutdown().await
                 }))
@@ -205,49 +255,78 @@ async fn write_loop(mut wr: Writer, h: Arc<ConnHandle>, done: CancellationToken)
             Take::Stop => break,
         }
     }
-    done.cancel();
+    h.outbox.finish();
 }
 
-async fn write_all_vectored(wr: &mut Writer, frames: &[Bytes]) -> std::io::Result<()> {
-    let mut idx = 0;
-    let mut off = 0;
-    while idx < frames.len() {
-        let slices: Vec<IoSlice<'_>> = std::iter::once(IoSlice::new(&frames[idx][off..]))
-            .chain(frames[idx + 1..].iter().take(63).map(|f| IoSlice::new(f)))
-            .collect();
-        let mut n = wr.write_vectored(&slices).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
+/// Finishes a write the socket could not take at once. A close requested
+/// meanwhile (the slow consumer of DESIGN.md guarantee 4) gets
+/// [`STUCK_WRITE_GRACE`], then the socket is dropped rather than the task
+/// held by a client that does not read.
+async fn finish_write(
+    wr: &mut Writer,
+    h: &ConnHandle,
+    frames: &[Bytes],
+    pos: &mut (usize, usize),
+) -> bool {
+    let write = poll_fn(|cx| poll_write_frames(wr, cx, frames, pos));
+    tokio::pin!(write);
+    tokio::select! {
+        biased;
+        r = &mut write => r.is_ok(),
+        _ = h.outbox.closed() => matches!(
+            tokio::time::timeout(STUCK_WRITE_GRACE, &mut write).await,
+            Ok(Ok(()))
+        ),
+    }
+}
+
+/// Most frames handed to one `writev`.
+const MAX_IOV: usize = 64;
+
+/// Writes `frames` from `pos` (frame index, offset in it) with vectored
+/// writes until done or the socket would block; `pos` records progress.
+fn poll_write_frames(
+    wr: &mut Writer,
+    cx: &mut Context<'_>,
+    frames: &[Bytes],
+    pos: &mut (usize, usize),
+) -> Poll<std::io::Result<()>> {
+    while pos.0 < frames.len() {
+        let mut iov = [IoSlice::new(&[]); MAX_IOV];
+        let mut k = 0;
+        for (slot, f) in iov.iter_mut().zip(&frames[pos.0..]) {
+            *slot = IoSlice::new(if k == 0 { &f[pos.1..] } else { f });
+            k += 1;
         }
-        while n > 0 && idx < frames.len() {
-            let left = frames[idx].len() - off;
+        let mut n = ready!(Pin::new(&mut *wr).poll_write_vectored(cx, &iov[..k]))?;
+        if n == 0 {
+            return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+        }
+        while n > 0 && pos.0 < frames.len() {
+            let left = frames[pos.0].len() - pos.1;
             if n >= left {
                 n -= left;
-                idx += 1;
-                off = 0;
+                pos.0 += 1;
+                pos.1 = 0;
             } else {
-                off += n;
+                pos.1 += n;
                 n = 0;
             }
         }
     }
-    Ok(())
+    Poll::Ready(Ok(()))
 }
 
-async fn read_side(
-    gw: Arc<Inner>,
-    handle: Arc<ConnHandle>,
-    rd: Reader,
-    hs: Handshake,
-    done: CancellationToken,
-) {
-    let wsr = FrameReader::new(rd, gw.cfg.limits.max_frame_bytes);
+async fn read_side(gw: Arc<Inner>, handle: Arc<ConnHandle>, rd: Reader, hs: Box<Handshake>) {
+    // Resolves once the writer has stopped (its last frame is out).
+    let done = &handle.outbox;
+    let mut wsr = FrameReader::new(rd, gw.cfg.limits.max_frame_bytes);
 
     // Authenticate; a bad token still completes the upgrade and gets a
     // disconnect + close (PROTOCOL.md section 2).
     let claims = match hs.token.as_deref().filter(|t| !t.is_empty()) {
         None => Err(CloseCode::Unauthorized),
-        Some(t) => gw.verifier.verify(t).map_err(|e| {
+        Some(t) => gw.verifier.verify(t).map(Box::new).map_err(|e| {
             tracing::debug!(error = %e, peer = %hs.peer, "token rejected");
             e.close_code()
         }),
@@ -256,13 +335,13 @@ async fn read_side(
         Ok(c) => c,
         Err(code) => {
             handle.outbox.close(code);
-            Box::pin(linger(wsr, &done)).await;
+            Box::pin(linger(wsr, done)).await;
             return;
         }
     };
     if let Err(code) = gw.register(&handle, &claims.sub) {
         handle.outbox.close(code);
-        Box::pin(linger(wsr, &done)).await;
+        Box::pin(linger(wsr, done)).await;
         return;
     }
     let _ = handle.client.set(ClientInfo {
@@ -277,7 +356,7 @@ async fn read_side(
         gw: gw.clone(),
         handle: handle.clone(),
         claims,
-        subs: HashMap::new(),
+        subs: Subs::default(),
         expires,
     };
     async {
@@ -285,10 +364,8 @@ async fn read_side(
         // The handshake (token text, recover= map) is not needed any more:
         // an idle connection should not keep it.
         drop(hs);
-        if welcomed {
-            conn.serve(wsr, &done).await;
-        } else {
-            Box::pin(linger(wsr, &done)).await;
+        if !welcomed || conn.serve(&mut wsr).await {
+            Box::pin(linger(wsr, done)).await;
         }
         Box::pin(conn.cleanup()).await;
     }
@@ -309,9 +386,9 @@ fn expiry_deadline(c: &ConnClaims, leeway: Duration) -> Option<tokio::time::Inst
 /// After a close was requested: keep reading (and discarding) until the
 /// writer is done and the peer closes or 2 s pass, so unread client data
 /// does not turn our close into a TCP reset that eats the close frame.
-async fn linger(mut rd: FrameReader<Reader>, done: &CancellationToken) {
+async fn linger(mut rd: FrameReader<Reader>, done: &Outbox) {
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        done.cancelled().await;
+        done.finished().await;
         loop {
             match rd.read().await {
                 Ok(InFrame {
@@ -323,7 +400,7 @@ async fn linger(mut rd: FrameReader<Reader>, done: &CancellationToken) {
         }
     })
     .await;
-    let _ = tokio::time::timeout(Duration::from_secs(5), done.cancelled()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), done.finished()).await;
 }
 
 impl Conn {
@@ -589,9 +666,14 @@ impl Conn {
     }
 
     /// The reader loop.
-    async fn serve(&mut self, mut rd: FrameReader<Reader>, done: &CancellationToken) {
+    /// Serves requests until the connection ends; true when the caller
+    /// should [`linger`] (we asked for the close), false when the client
+    /// closed or vanished.
+    async fn serve(&mut self, rd: &mut FrameReader<Reader>) -> bool {
         // A handle on the shared config, not a copy of it in every task.
         let gw = self.gw.clone();
+        let handle = self.handle.clone();
+        let done = &handle.outbox;
         let limits = &gw.cfg.limits;
         let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
         let mut last_recv = tokio::time::Instant::now();
@@ -628,7 +710,7 @@ impl Conn {
                         Err(ReadError::Gone) => {
                             m::disconnects("abnormal").increment(1);
                             self.handle.outbox.mark_dead();
-                            return;
+                            return false;
                         }
                     };
                     let InFrame { fin, op, payload } = frame;
@@ -636,8 +718,8 @@ impl Conn {
                         InOp::Close => {
                             self.handle.outbox.close(CloseCode::Normal);
                             // The client said goodbye: no lingering needed.
-                            let _ = Box::pin(tokio::time::timeout(Duration::from_secs(5), done.cancelled())).await;
-                            return;
+                            let _ = Box::pin(tokio::time::timeout(Duration::from_secs(5), done.finished())).await;
+                            return false;
                         }
                         InOp::Ping => {
                             self.handle.outbox.push_unbounded(ws::frame(ws::Opcode::Pong, &payload));
@@ -720,10 +802,10 @@ impl Conn {
                         next_ping = now + limits.heartbeat_interval;
                     }
                 }
-                _ = done.cancelled() => break,
+                _ = done.finished() => break,
             }
         }
-        Box::pin(linger(rd, done)).await;
+        true
     }
 
     fn decode_limits(&self) -> DecodeLimits {
@@ -924,7 +1006,7 @@ impl Conn {
             }
         };
         self.expires = expiry_deadline(&claims, self.gw.verifier.leeway());
-        self.claims = claims;
+        *self.claims = claims;
         let ended: Vec<ChannelName> = self
             .subs
             .iter()

@@ -318,6 +318,11 @@ impl Hub {
             }
             return Err(AddError::Cap);
         }
+        if chan.subs.capacity() == 0 {
+            // A channel of one (a user's own channel, the common case) holds
+            // one slot, not the four a first push reserves.
+            chan.subs.reserve_exact(1);
+        }
         chan.subs.push(Sub {
             conn: conn.clone(),
             presence,

@@ -55,6 +55,8 @@ pub struct Inner {
     next_num: AtomicU64,
     draining: AtomicBool,
     tracker: TaskTracker,
+    /// Counter handles looked up once, not per write.
+    sent: metrics::Sent,
 }
 
 #[derive(Default)]
@@ -168,6 +170,7 @@ impl Gateway {
             next_num: AtomicU64::new(1),
             draining: AtomicBool::new(false),
             tracker: TaskTracker::new(),
+            sent: metrics::Sent::default(),
         });
         let weak = Arc::downgrade(&inner.hub);
         let every = inner.cfg.catchup_interval;
@@ -353,13 +356,15 @@ impl Gateway {
             );
         }
         let inner = self.inner.clone();
-        let hs = conn::Handshake {
+        // Boxed: every async frame that carries it until the welcome would
+        // otherwise hold its own 128-byte copy for the connection's life.
+        let hs = Box::new(conn::Handshake {
             enc,
             token,
             recover,
             route_channels,
             peer,
-        };
+        });
         self.inner.tracker.spawn(async move {
             let ws = match fut.await {
                 Ok(ws) => ws,

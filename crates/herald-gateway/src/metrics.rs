@@ -16,6 +16,25 @@ pub fn channels() -> Gauge {
     gauge!("herald_channels")
 }
 /// Frames written to clients.
+/// The write path's counters, looked up once per gateway (a `counter!`
+/// lookup hashes the key on every call).
+pub struct Sent {
+    /// `herald_frames_sent_total`.
+    pub frames: Counter,
+    /// `herald_bytes_sent_total`.
+    pub bytes: Counter,
+}
+
+impl Default for Sent {
+    /// Looks the counters up in the installed recorder.
+    fn default() -> Self {
+        Self {
+            frames: frames_sent(),
+            bytes: bytes_sent(),
+        }
+    }
+}
+
 pub fn frames_sent() -> Counter {
     counter!("herald_frames_sent_total")
 }

@@ -30,6 +30,8 @@ struct State {
     close: Option<CloseCode>,
     /// The writer has stopped (socket gone); nothing more will be written.
     dead: bool,
+    /// The writer task has returned (set once, by [`Outbox::finish`]).
+    finished: bool,
 }
 
 /// What the writer takes each round.
@@ -143,6 +145,25 @@ impl Outbox {
         self.drained.notify_waiters();
     }
 
+    /// Writer side: the writer has returned; wakes [`Outbox::finished`].
+    pub fn finish(&self) {
+        self.lock().finished = true;
+        self.drained.notify_waiters();
+    }
+
+    /// Resolves once the writer has returned (its last frame, if any, is
+    /// written). Replaces a cancellation token, which would cost every
+    /// connection another ~130-byte allocation.
+    pub async fn finished(&self) {
+        loop {
+            let notified = self.drained.notified();
+            if self.lock().finished {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// Writer side: waits for frames or a close request.
     pub async fn take(&self) -> Take {
         loop {
@@ -216,6 +237,27 @@ mod tests {
             o.take().await,
             Take::Close(CloseCode::SlowConsumer)
         ));
+    }
+
+    #[tokio::test]
+    async fn finished_resolves_after_finish_only() {
+        let o = std::sync::Arc::new(Outbox::new(10));
+        o.close(CloseCode::Normal);
+        o.mark_dead();
+        // Closing or dying is not finishing: only the writer says that.
+        let waiter = tokio::spawn({
+            let o = o.clone();
+            async move { o.finished().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        o.finish();
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("finished() resolves after finish()")
+            .unwrap();
+        // And at once for a late caller.
+        o.finished().await;
     }
 
     #[tokio::test]
