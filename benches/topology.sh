@@ -13,11 +13,12 @@
 # TARGET is what herald-loadgen's single --url points at:
 #   gateway  the gateway's public port (/ws only: idle, connect)
 #   ingest   the ingest node's public port (/v1/publish only: ingest)
+#   direct   the gateway's port for WebSockets and `--ingest-url` the ingest
+#            node's for publishes (fanout, channels, ramp): no proxy
 #   split    an nginx on a free port routing /ws to the gateway and /v1/ to
-#            ingest. herald-loadgen has ONE --url for both its WebSocket
-#            clients and its publisher (no --ingest-url), so fanout, channels
-#            and ramp need this; every WebSocket frame then also crosses
-#            nginx (one worker, on the same two cores), see RESULTS.md.
+#            ingest, one --url for both (the first topology record, made
+#            before herald-loadgen had --ingest-url); every WebSocket frame
+#            then also crosses nginx (one worker, on the same two cores).
 #
 # Environment:
 #   HERALD_BIN / LOADGEN_BIN   the binaries (default target/release/...)
@@ -39,8 +40,8 @@ loadgen=${LOADGEN_BIN:-$root/target/release/herald-loadgen}
 out=$1
 target=$2
 shift 2
-case "$target" in gateway | ingest | split) ;; *)
-    echo "TARGET must be gateway, ingest or split (got $target)" >&2
+case "$target" in gateway | ingest | direct | split) ;; *)
+    echo "TARGET must be gateway, ingest, direct or split (got $target)" >&2
     exit 64
     ;;
 esac
@@ -209,9 +210,14 @@ PID[gateway]=$!
 wait_http "http://127.0.0.1:$gw_admin/readyz" "$dir/gateway.log"
 
 # --- what loadgen's --url points at ---
+extra=()
 case "$target" in
 gateway) url="http://127.0.0.1:$gw_port" ;;
 ingest) url="http://127.0.0.1:$ingest_port" ;;
+direct)
+    url="http://127.0.0.1:$gw_port"
+    extra=(--ingest-url "http://127.0.0.1:$ingest_port")
+    ;;
 split)
     nginx_port=$(free_port)
     mkdir -p "$dir/nginx"
@@ -271,7 +277,7 @@ builds=$(wait_for_builds)
     echo "# load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "# topology: redis-server $(redis-server --version | grep -o 'v=[0-9.]*'), PostgreSQL $("$pgbin/postgres" --version | awk '{print $3}') ($pg_settings), 1 herald ingest (pid ${PID[ingest]}), 1 herald gateway (pid ${PID[gateway]})"
     echo "# loadgen --url: $target${PID[nginx]:+ (nginx pid ${PID[nginx]}: /ws -> gateway, /v1/ -> ingest)}"
-    echo "# command: herald-loadgen --url <$target> --pid <ingest pid> --pid <gateway pid> $*"
+    echo "# command: herald-loadgen --url <$target>${extra[*]:+ --ingest-url <ingest>} --pid <ingest pid> --pid <gateway pid> $*"
 } | tee "$out"
 
 if [ -n "${BENCH_PERF:-}" ]; then
@@ -301,7 +307,7 @@ t0_nginx=$([ -n "${PID[nginx]:-}" ] && cpu_ticks "${PID[nginx]}" || echo 0)
 overflows_before=$(listen_overflows)
 status=0
 HERALD_API_KEY=$key HERALD_JWT_SECRET=$secret \
-    "$loadgen" --url "$url" --pid "${PID[ingest]}" --pid "${PID[gateway]}" "$@" | tee -a "$out" || status=$?
+    "$loadgen" --url "$url" "${extra[@]}" --pid "${PID[ingest]}" --pid "${PID[gateway]}" "$@" | tee -a "$out" || status=$?
 t1_pg=$(tree_ticks "${PID[postgres]}")
 t1_redis=$(cpu_ticks "${PID[redis]}")
 t1_nginx=$([ -n "${PID[nginx]:-}" ] && cpu_ticks "${PID[nginx]}" || echo 0)

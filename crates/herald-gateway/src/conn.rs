@@ -1037,3 +1037,53 @@ impl Conn {
 fn forbidden(what: &str, ch: &ChannelName) -> ReqError {
     ReqError::new(ErrorCode::Forbidden, format!("not allowed to {what} {ch}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ch(s: &str) -> ChannelName {
+        ChannelName::new(s).unwrap()
+    }
+
+    #[test]
+    fn subs_behave_as_a_map() {
+        let mut s = Subs::default();
+        for name in ["chat_3", "chat_1", "dashboard_website_1", "chat_2"] {
+            s.insert(
+                ch(name),
+                SubInfo {
+                    via_sub_token: false,
+                },
+            );
+        }
+        // Replacing keeps one entry and takes the new value.
+        s.insert(
+            ch("chat_1"),
+            SubInfo {
+                via_sub_token: true,
+            },
+        );
+        assert_eq!(s.len(), 4);
+        assert!(s.contains_key(&ch("chat_2")));
+        assert!(!s.contains_key(&ch("chat_4")));
+        let listed: Vec<(String, bool)> = s
+            .iter()
+            .map(|(c, i)| (c.to_string(), i.via_sub_token))
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                ("chat_1".to_string(), true),
+                ("chat_2".to_string(), false),
+                ("chat_3".to_string(), false),
+                ("dashboard_website_1".to_string(), false),
+            ]
+        );
+        assert!(s.remove(&ch("chat_2")).is_some());
+        assert!(s.remove(&ch("chat_2")).is_none());
+        let drained: Vec<String> = s.drain().map(|(c, _)| c.to_string()).collect();
+        assert_eq!(drained, ["chat_1", "chat_3", "dashboard_website_1"]);
+        assert_eq!(s.len(), 0);
+    }
+}
