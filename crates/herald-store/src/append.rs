@@ -28,7 +28,9 @@ pub(crate) struct Plan {
     pub ordered: Vec<ChannelName>,
     /// The same channels sorted by name: the order their rows are locked in.
     pub lock_order: Vec<ChannelName>,
-    /// sha256 hex of the sorted channel set and the data.
+    /// sha256 hex of the sorted channel set and the data; computed only for
+    /// a publish with an idempotency key (the only one that is judged or
+    /// remembered), empty otherwise.
     pub fingerprint: String,
 }
 
@@ -45,7 +47,11 @@ impl Plan {
         }
         let mut lock_order = ordered.clone();
         lock_order.sort();
-        let fingerprint = fingerprint(&lock_order, req.data.as_bytes());
+        let fingerprint = if req.key.is_some() {
+            fingerprint(&lock_order, req.data.as_bytes())
+        } else {
+            String::new()
+        };
         Self {
             ordered,
             lock_order,
@@ -73,7 +79,13 @@ fn fingerprint(sorted: &[ChannelName], data: &[u8]) -> String {
     }
     h.update(b"\n");
     h.update(data);
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut hex = String::with_capacity(64);
+    for b in h.finalize() {
+        hex.push(char::from(HEX[usize::from(b >> 4)]));
+        hex.push(char::from(HEX[usize::from(b & 15)]));
+    }
+    hex
 }
 
 /// `seqs` column: JSON `[["chat_1", 5], ...]`.
@@ -211,6 +223,15 @@ mod tests {
         assert_ne!(a, Plan::new(&req(&["x", "y"], "{\"a\":2}")).fingerprint);
         assert_ne!(a, Plan::new(&req(&["x", "y"], "{\"a\": 1}")).fingerprint);
         assert_eq!(a.len(), 64);
+        // sha256 of "x\ny\n\n{\"a\":1}", lower-case hex (the stored format).
+        assert_eq!(
+            a,
+            "aad110d58c32711ffc26d7dfaeac4ae8703baf3710e57b55fcb2393723d9da9e"
+        );
+        // Without a key nothing is judged or remembered: no hashing.
+        let mut unkeyed = req(&["x", "y"], "{\"a\":1}");
+        unkeyed.key = None;
+        assert_eq!(Plan::new(&unkeyed).fingerprint, "");
     }
 
     #[test]
