@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Runs every scenario of the performance record in benches/RESULTS.md, one
+# after the other, with release binaries built from a clean HEAD, and saves
+# each output under benches/results/<commit>/.
+#
+#   benches/record.sh            # all of it (~15 min on 2 cores)
+#   benches/record.sh fanout     # only the runs whose name contains "fanout"
+#
+# The binaries are built once, then copied to /tmp/herald-bin-<commit> so a
+# later build cannot replace them mid-record. Each run starts its own servers
+# (benches/loadgen.sh: `herald dev`; benches/topology.sh: Redis, PostgreSQL,
+# ingest, gateway) and stops them by PID.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+only=${1:-}
+
+if [ -n "$(git status --porcelain --untracked-files=no)" ]; then
+    echo "record.sh: the tree has uncommitted changes; commit first so the figures name a commit" >&2
+    exit 1
+fi
+commit=$(git rev-parse --short HEAD)
+bin=/tmp/herald-bin-$commit
+if [ ! -x "$bin/herald" ] || [ ! -x "$bin/herald-loadgen" ]; then
+    cargo build --release --locked -j2 -p herald -p herald-loadgen
+    mkdir -p "$bin"
+    cp target/release/herald target/release/herald-loadgen "$bin/"
+fi
+export HERALD_BIN=$bin/herald LOADGEN_BIN=$bin/herald-loadgen
+out=benches/results/$commit
+mkdir -p "$out"
+
+run() {
+    local name=$1 script=$2
+    shift 2
+    if [ -n "$only" ] && [[ "$name" != *"$only"* ]]; then return; fi
+    echo "=== $name"
+    "benches/$script" "$out/$name.txt" "$@" >/dev/null 2>"$out/$name.err" || echo "    exit status $? (see $out/$name.err)"
+    grep -E '^RESULT ' "$out/$name.txt" | head -c 300 || true
+    echo
+}
+
+# herald dev: one process (gateway + ingest + SQLite + in-process bus).
+run idle-19000 loadgen.sh idle --connections 19000 --checkpoints 1000,5000,10000,15000 --settle 2s
+run connect-10000-c100 loadgen.sh --connect-concurrency 100 connect --connections 10000
+run ingest-sqlite-c4 loadgen.sh ingest --duration 10s --concurrency 4
+run ingest-sqlite-c32 loadgen.sh ingest --duration 10s --concurrency 32
+run fanout-5000-r50 loadgen.sh fanout --subscribers 5000 --rate 50 --duration 10s
+run fanout-5000-r200 loadgen.sh fanout --subscribers 5000 --rate 200 --duration 10s
+run ramp-5000-throughput loadgen.sh ramp --subscribers 5000 --start 50 --step 50 --max-p99-ms 60000 --duration-per-step 5s --max-steps 10
+run ramp-5000-curve loadgen.sh ramp --subscribers 5000 --start 10 --step 10 --max-p99-ms 5000 --duration-per-step 5s --max-steps 6
+run ramp-1000-curve loadgen.sh ramp --subscribers 1000 --start 25 --step 25 --max-p99-ms 2000 --duration-per-step 5s --max-steps 10
+run channels-1000 loadgen.sh channels --connections 1000 --dashboard-subscribers 10 --rate 500 --duration 10s
+
+# Redis topology: 1 ingest + 1 gateway over a private Redis and PostgreSQL
+# (default durability); publishes go straight to ingest (--ingest-url).
+run topology-idle-19000 topology.sh gateway idle --connections 19000 --checkpoints 5000,10000,15000 --settle 2s
+run topology-connect-10000-c100 topology.sh gateway --connect-concurrency 100 connect --connections 10000
+run topology-ingest-pg-c32 topology.sh ingest ingest --duration 10s --concurrency 32
+run topology-ingest-pg-c128 topology.sh ingest ingest --duration 10s --concurrency 128
+run topology-ingest-pg-c512 topology.sh ingest ingest --duration 10s --concurrency 512
+run topology-fanout-5000-r50 topology.sh direct fanout --subscribers 5000 --rate 50 --duration 10s
+run topology-fanout-5000-r200 topology.sh direct fanout --subscribers 5000 --rate 200 --duration 10s
+echo "record.sh: outputs in $out"
