@@ -41,7 +41,7 @@ run() {
 }
 
 # herald dev: one process (gateway + ingest + SQLite + in-process bus).
-run idle-19000 loadgen.sh idle --connections 19000 --checkpoints 1000,5000,10000,15000 --settle 2s
+run idle-19000 loadgen.sh idle --connections 19000 --checkpoints 1000,5000,10000,15000 --settle 2s --hold 30s
 run connect-10000-c100 loadgen.sh --connect-concurrency 100 connect --connections 10000
 run ingest-sqlite-c4 loadgen.sh ingest --duration 10s --concurrency 4
 run ingest-sqlite-c32 loadgen.sh ingest --duration 10s --concurrency 32
@@ -54,7 +54,7 @@ run channels-1000 loadgen.sh channels --connections 1000 --dashboard-subscribers
 
 # Redis topology: 1 ingest + 1 gateway over a private Redis and PostgreSQL
 # (default durability); publishes go straight to ingest (--ingest-url).
-run topology-idle-19000 topology.sh gateway idle --connections 19000 --checkpoints 5000,10000,15000 --settle 2s
+run topology-idle-19000 topology.sh gateway idle --connections 19000 --checkpoints 5000,10000,15000 --settle 2s --hold 30s
 run topology-connect-10000-c100 topology.sh gateway --connect-concurrency 100 connect --connections 10000
 run topology-ingest-pg-c32 topology.sh ingest ingest --duration 10s --concurrency 32
 run topology-ingest-pg-c128 topology.sh ingest ingest --duration 10s --concurrency 128

@@ -208,21 +208,22 @@ const STUCK_WRITE_GRACE: Duration = Duration::from_secs(2);
 async fn write_loop(mut wr: Writer, gw: Arc<Inner>, h: Arc<ConnHandle>) {
     loop {
         match h.outbox.take().await {
-            Take::Frames(frames) => {
+            Take::Frames(mut frames) => {
+                let frames = frames.make_contiguous();
                 let n = frames.len() as u64;
                 let bytes: usize = frames.iter().map(Bytes::len).sum();
                 let mut pos = (0, 0);
                 // Fast path, the usual case: the socket takes the whole batch
                 // now. No timer, no close watch, no allocation.
                 let first =
-                    poll_fn(|cx| Poll::Ready(poll_write_frames(&mut wr, cx, &frames, &mut pos)))
+                    poll_fn(|cx| Poll::Ready(poll_write_frames(&mut wr, cx, frames, &mut pos)))
                         .await;
                 let ok = match first {
                     Poll::Ready(r) => r.is_ok(),
                     // The client's window is full: finish the write, watching
                     // for a close (boxed, so this state is not carried by
                     // every idle connection).
-                    Poll::Pending => Box::pin(finish_write(&mut wr, &h, &frames, &mut pos)).await,
+                    Poll::Pending => Box::pin(finish_write(&mut wr, &h, frames, &mut pos)).await,
                 };
                 if !ok {
                     if let Some(code) = h.outbox.close_code() {
@@ -798,7 +799,7 @@ impl Conn {
                         break;
                     }
                     if next_ping <= now {
-                        self.handle.outbox.push_unbounded(ws::frame(ws::Opcode::Ping, b""));
+                        self.handle.outbox.push_unbounded(Bytes::from_static(ws::EMPTY_PING));
                         next_ping = now + limits.heartbeat_interval;
                     }
                 }

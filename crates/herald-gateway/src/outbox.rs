@@ -36,8 +36,9 @@ struct State {
 
 /// What the writer takes each round.
 pub enum Take {
-    /// Frames to write, in order.
-    Frames(Vec<Bytes>),
+    /// Frames to write, in order (the queue itself: the outbox keeps no
+    /// buffer between bursts, so an idle connection holds none).
+    Frames(VecDeque<Bytes>),
     /// Write a `disconnect` + close frame with this code, then stop.
     Close(CloseCode),
     /// The socket is gone: stop without writing.
@@ -175,13 +176,9 @@ impl Outbox {
                 }
                 if !s.queue.is_empty() {
                     s.bytes = 0;
-                    let frames: Vec<Bytes> = s.queue.drain(..).collect();
-                    // Give back the queue's buffer when a burst made it large,
-                    // so an idle connection stays small.
-                    if s.queue.capacity() > 64 {
-                        s.queue = VecDeque::new();
-                    }
-                    return Take::Frames(frames);
+                    // The whole queue, buffer and all: no copy, and nothing
+                    // left allocated here once it is written.
+                    return Take::Frames(std::mem::take(&mut s.queue));
                 }
                 if let Some(code) = s.close {
                     return Take::Close(code);
@@ -266,10 +263,10 @@ mod tests {
         assert!(o.push(Bytes::from_static(b"ab")));
         assert!(o.push(Bytes::from_static(b"cd")));
         match o.take().await {
-            Take::Frames(f) => assert_eq!(
-                f,
-                vec![Bytes::from_static(b"ab"), Bytes::from_static(b"cd")]
-            ),
+            Take::Frames(f) => {
+                assert_eq!(f, [Bytes::from_static(b"ab"), Bytes::from_static(b"cd")]);
+                assert_eq!(o.lock().queue.capacity(), 0, "no buffer kept");
+            }
             Take::Close(_) | Take::Stop => panic!("unexpected close"),
         }
         assert!(o.push(Bytes::from_static(b"0123456789")));

@@ -255,38 +255,60 @@ impl Presence for RedisPresence {
             by_channel.entry(ch).or_default().push(c);
         }
         // Owned, boxed futures: borrowing closures trip the `Send` check of
-        // async-trait futures.
+        // async-trait futures. Made a chunk at a time: a node with 19,000
+        // one-member channels would otherwise allocate 19,000 futures and
+        // client copies at once every refresh, which the allocator then
+        // keeps as resident memory.
         type Missing = Vec<(ChannelName, ClientInfo)>;
-        let writes: Vec<BoxFuture<'static, Result<Missing, BusError>>> = by_channel
-            .into_iter()
-            .map(|(ch, clients)| {
-                let this = self.clone();
-                let ch = ch.clone();
-                let clients: Vec<ClientInfo> = clients.into_iter().cloned().collect();
-                async move {
-                    let answer = this
-                        .run_entries(REFRESH, &ch, &clients.iter().collect::<Vec<_>>())
-                        .await?;
-                    let gone: Vec<String> = ::redis::FromRedisValue::from_redis_value(answer)
-                        .map_err(|e| BusError::Unavailable(format!("refresh answer: {e}")))?;
-                    Ok(clients
-                        .into_iter()
-                        .filter(|c| gone.contains(&c.conn))
-                        .map(|c| (ch.clone(), c))
-                        .collect())
-                }
-                .boxed()
-            })
-            .collect();
-        let results: Vec<Result<Missing, BusError>> = futures_util::stream::iter(writes)
-            .buffer_unordered(REFRESH_CONCURRENCY)
-            .collect()
-            .await;
+        let mut channels = by_channel.into_iter();
         let mut missing = Vec::new();
-        for r in results {
-            missing.extend(r?);
+        // Every chunk runs even after a failure (each write keeps entries
+        // alive); the first error is the answer.
+        let mut failed = None;
+        loop {
+            let writes: Vec<BoxFuture<'static, Result<Missing, BusError>>> = channels
+                .by_ref()
+                .take(REFRESH_CONCURRENCY * 4)
+                .map(|(ch, clients)| {
+                    let this = self.clone();
+                    let ch = ch.clone();
+                    let clients: Vec<ClientInfo> = clients.into_iter().cloned().collect();
+                    async move {
+                        let answer = this
+                            .run_entries(REFRESH, &ch, &clients.iter().collect::<Vec<_>>())
+                            .await?;
+                        let gone: Vec<String> = ::redis::FromRedisValue::from_redis_value(answer)
+                            .map_err(|e| {
+                            BusError::Unavailable(format!("refresh answer: {e}"))
+                        })?;
+                        Ok(clients
+                            .into_iter()
+                            .filter(|c| gone.contains(&c.conn))
+                            .map(|c| (ch.clone(), c))
+                            .collect())
+                    }
+                    .boxed()
+                })
+                .collect();
+            if writes.is_empty() {
+                return match failed {
+                    Some(e) => Err(e),
+                    None => Ok(missing),
+                };
+            }
+            let results: Vec<Result<Missing, BusError>> = futures_util::stream::iter(writes)
+                .buffer_unordered(REFRESH_CONCURRENCY)
+                .collect()
+                .await;
+            for r in results {
+                match r {
+                    Ok(m) => missing.extend(m),
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                    }
+                }
+            }
         }
-        Ok(missing)
     }
 
     async fn expire(&self, channel: &ChannelName) -> Result<Vec<ClientInfo>, BusError> {
