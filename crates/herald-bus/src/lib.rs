@@ -79,6 +79,13 @@ pub trait Presence: Send + Sync + 'static {
     /// The clients on a channel now.
     async fn list(&self, channel: &ChannelName) -> Result<Vec<ClientInfo>, BusError>;
 
+    /// Whether entries expire unless refreshed (presence shared between
+    /// nodes): the gateway then runs its refresh and expiry sweeps. Default:
+    /// no (in-process presence is cleaned up by its own node).
+    fn expires(&self) -> bool {
+        false
+    }
+
     /// Re-asserts a node's live entries so they do not expire (called every
     /// `[presence] ttl / 3`). Entries no longer present (removed by a
     /// `leave` after the caller's snapshot, or expired meanwhile) are NOT

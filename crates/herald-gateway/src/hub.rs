@@ -206,8 +206,9 @@ struct Channel {
     /// Out-of-order messages waiting for an earlier seq.
     pending: BTreeMap<u64, Arc<Msg>>,
     fill_scheduled: bool,
-    /// Resolved once the bus delivers this channel.
-    bus_ready: Arc<tokio::sync::OnceCell<()>>,
+    /// Resolved once the bus delivers this channel; `None` afterwards (an
+    /// idle node of one-member channels should not keep a cell per channel).
+    bus_ready: Option<Arc<tokio::sync::OnceCell<()>>>,
 }
 
 impl Channel {
@@ -217,7 +218,7 @@ impl Channel {
             last: None,
             pending: BTreeMap::new(),
             fill_scheduled: false,
-            bus_ready: Arc::new(tokio::sync::OnceCell::new()),
+            bus_ready: Some(Arc::new(tokio::sync::OnceCell::new())),
         }
     }
 }
@@ -343,7 +344,11 @@ impl Hub {
     /// subscribes it; the others wait for the same subscription).
     pub async fn bus_ready(&self, ch: &ChannelName) -> Result<(), herald_bus::BusError> {
         let cell = match self.shard(ch.as_str()).get(ch) {
-            Some(c) => c.bus_ready.clone(),
+            Some(Channel {
+                bus_ready: Some(cell),
+                ..
+            }) => cell.clone(),
+            Some(_) => return Ok(()),
             None => return Err(herald_bus::BusError::Closed),
         };
         cell.get_or_try_init(|| async {
@@ -353,8 +358,15 @@ impl Hub {
                 .map_err(|_| herald_bus::BusError::Closed)?;
             rx.await.map_err(|_| herald_bus::BusError::Closed)?
         })
-        .await
-        .map(|_| ())
+        .await?;
+        // Ready for good (a reconnect re-subscribes the whole set): drop
+        // the cell, unless the channel was emptied and made again meanwhile.
+        if let Some(c) = self.shard(ch.as_str()).get_mut(ch)
+            && c.bus_ready.as_ref().is_some_and(|x| Arc::ptr_eq(x, &cell))
+        {
+            c.bus_ready = None;
+        }
+        Ok(())
     }
 
     /// Moves a buffering subscriber to live delivery of seq > `after` (the

@@ -189,7 +189,13 @@ impl Gateway {
         // `[presence] ttl`).
         let weak = Arc::downgrade(&inner);
         let every = (inner.cfg.presence_ttl / 3).max(Duration::from_millis(100));
+        // In-process presence neither expires nor needs refreshing: no sweep
+        // copying every entry of the node every ttl/3.
+        let sweeps = inner.presence.expires();
         tokio::spawn(async move {
+            if !sweeps {
+                return;
+            }
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {

@@ -34,6 +34,16 @@ struct State {
     finished: bool,
 }
 
+/// A first frame takes one slot, not the four `push_back` reserves: most
+/// wake-ups of an idle connection carry one frame (a heartbeat, a message),
+/// and thousands of them at once (synchronized heartbeats) would otherwise
+/// raise the allocator's high-water mark for nothing.
+fn reserve_one(q: &mut VecDeque<Bytes>) {
+    if q.capacity() == 0 {
+        q.reserve_exact(1);
+    }
+}
+
 /// What the writer takes each round.
 pub enum Take {
     /// Frames to write, in order (the queue itself: the outbox keeps no
@@ -79,6 +89,7 @@ impl Outbox {
             return false;
         }
         s.bytes += frame.len();
+        reserve_one(&mut s.queue);
         s.queue.push_back(frame);
         drop(s);
         self.writer.notify_one();
@@ -92,6 +103,7 @@ impl Outbox {
         if s.close.is_some() || s.dead {
             return false;
         }
+        reserve_one(&mut s.queue);
         s.queue.push_back(frame);
         drop(s);
         self.writer.notify_one();

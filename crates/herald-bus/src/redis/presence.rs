@@ -228,6 +228,10 @@ fn parse_entries(raw: Vec<Vec<u8>>, channel: &ChannelName) -> Vec<ClientInfo> {
 
 #[async_trait]
 impl Presence for RedisPresence {
+    fn expires(&self) -> bool {
+        true
+    }
+
     /// (Re)writes the entry with expiry now + ttl.
     async fn join(&self, channel: &ChannelName, client: &ClientInfo) -> Result<(), BusError> {
         self.write(channel, &[client]).await
