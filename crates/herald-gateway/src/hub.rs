@@ -622,16 +622,27 @@ impl Hub {
         }
     }
 
-    /// Every local (channel, client) pair, for presence refresh.
-    pub fn presence_entries(&self) -> Vec<(ChannelName, ClientInfo)> {
+    /// Number of shards, for walking the hub one shard at a time
+    /// ([`Hub::presence_entries`]).
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// The (channel, client) pairs of shard `shard` whose subscriber joined
+    /// presence, for the presence refresh. One shard at a time: a node's
+    /// whole set at once (19,000 copies of client info every ttl/3 on a
+    /// node of one-member channels) would raise its resident memory for
+    /// good.
+    pub fn presence_entries(&self, shard: usize) -> Vec<(ChannelName, ClientInfo)> {
+        let Some(s) = self.shards.get(shard) else {
+            return Vec::new();
+        };
+        let s = s.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = Vec::new();
-        for s in self.shards.iter() {
-            let s = s.lock().unwrap_or_else(|e| e.into_inner());
-            for (ch, chan) in s.iter() {
-                for sub in &chan.subs {
-                    if let Some(c) = sub.conn.client.get() {
-                        out.push((ch.clone(), c.clone()));
-                    }
+        for (ch, chan) in s.iter() {
+            for sub in chan.subs.iter().filter(|sub| sub.presence) {
+                if let Some(c) = sub.conn.client.get() {
+                    out.push((ch.clone(), c.clone()));
                 }
             }
         }
@@ -1055,5 +1066,36 @@ mod tests {
         );
         assert!(f.hub.remove(&ch(), 1));
         assert!(!f.hub.has_channel(&ch()));
+    }
+
+    #[tokio::test]
+    async fn presence_entries_hold_only_presence_subscribers() {
+        let f = Fixture::new();
+        let conn = |n: u64| {
+            let c = Arc::new(ConnHandle {
+                num: n,
+                id: Arc::from(format!("c{n}")),
+                enc: Encoding::Json,
+                outbox: Outbox::new(10),
+                client: OnceLock::new(),
+            });
+            let _ = c.client.set(ClientInfo {
+                sub: format!("u{n}"),
+                conn: format!("c{n}"),
+                info: None,
+            });
+            c
+        };
+        // One subscriber with presence, one without (no presence grant):
+        // only the first may be refreshed, or re-joined when missing.
+        f.hub.add(&ch(), &conn(1), true, None).unwrap();
+        f.hub.add(&ch(), &conn(2), false, None).unwrap();
+        let all: Vec<(ChannelName, ClientInfo)> = (0..f.hub.shard_count())
+            .flat_map(|i| f.hub.presence_entries(i))
+            .collect();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].0, ch());
+        assert_eq!(all[0].1.conn, "c1");
+        assert!(f.hub.presence_entries(f.hub.shard_count()).is_empty());
     }
 }

@@ -201,8 +201,12 @@ impl Gateway {
             loop {
                 tick.tick().await;
                 let Some(inner) = weak.upgrade() else { return };
-                let entries = inner.hub.presence_entries();
-                if !entries.is_empty() {
+                // A shard at a time (see Hub::presence_entries).
+                for shard in 0..inner.hub.shard_count() {
+                    let entries = inner.hub.presence_entries(shard);
+                    if entries.is_empty() {
+                        continue;
+                    }
                     match inner.presence.refresh(&entries).await {
                         // Entries that vanished (expired during an outage)
                         // while their client is still here: join again, and
