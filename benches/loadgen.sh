@@ -18,24 +18,8 @@ loadgen=${LOADGEN_BIN:-$root/target/release/herald-loadgen}
 out=$1
 shift
 
-# Waits until no compiler runs (other engineers share the machine); prints
-# what it found.
-wait_for_builds() {
-    local waited=0 limit=${BENCH_WAIT_BUILDS_S:-300}
-    while pgrep -x rustc >/dev/null || pgrep -x cargo >/dev/null; do
-        if [ "$waited" -ge "$limit" ]; then
-            echo "still running after ${waited} s: $(pgrep -x -l 'rustc|cargo' | tr '\n' ' ')"
-            return
-        fi
-        sleep 5
-        waited=$((waited + 5))
-    done
-    echo "none running at start (waited ${waited} s)"
-}
-# TcpExtListenOverflows: SYNs dropped because an accept queue was full.
-listen_overflows() {
-    awk '/^TcpExt:/ { if (!h) { for (i = 1; i <= NF; i++) n[i] = $i; h = 1 } else for (i = 1; i <= NF; i++) if (n[i] == "ListenOverflows") print $i }' /proc/net/netstat
-}
+# shellcheck source=benches/common.sh
+. "$root/benches/common.sh"
 
 dir=$(mktemp -d -t herald-bench-XXXXXX)
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')

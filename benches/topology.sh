@@ -78,21 +78,8 @@ tree_rss_kb() {
     done
     echo "$total"
 }
-wait_for_builds() {
-    local waited=0 limit=${BENCH_WAIT_BUILDS_S:-300}
-    while pgrep -x rustc >/dev/null || pgrep -x cargo >/dev/null; do
-        if [ "$waited" -ge "$limit" ]; then
-            echo "still running after ${waited} s: $(pgrep -x -l 'rustc|cargo' | tr '\n' ' ')"
-            return
-        fi
-        sleep 5
-        waited=$((waited + 5))
-    done
-    echo "none running at start (waited ${waited} s)"
-}
-listen_overflows() {
-    awk '/^TcpExt:/ { if (!h) { for (i = 1; i <= NF; i++) n[i] = $i; h = 1 } else for (i = 1; i <= NF; i++) if (n[i] == "ListenOverflows") print $i }' /proc/net/netstat
-}
+# shellcheck source=benches/common.sh
+. "$root/benches/common.sh"
 # Waits until `curl URL` answers 200, up to 20 s; else prints LOG and fails.
 wait_http() {
     for _ in $(seq 1 200); do

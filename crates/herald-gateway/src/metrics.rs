@@ -15,7 +15,6 @@ pub fn subscriptions() -> Gauge {
 pub fn channels() -> Gauge {
     gauge!("herald_channels")
 }
-/// Frames written to clients.
 /// The write path's counters, looked up once per gateway (a `counter!`
 /// lookup hashes the key on every call).
 pub struct Sent {
@@ -29,19 +28,12 @@ impl Default for Sent {
     /// Looks the counters up in the installed recorder.
     fn default() -> Self {
         Self {
-            frames: frames_sent(),
-            bytes: bytes_sent(),
+            frames: counter!("herald_frames_sent_total"),
+            bytes: counter!("herald_bytes_sent_total"),
         }
     }
 }
 
-pub fn frames_sent() -> Counter {
-    counter!("herald_frames_sent_total")
-}
-/// Bytes written to clients (WebSocket framing included).
-pub fn bytes_sent() -> Counter {
-    counter!("herald_bytes_sent_total")
-}
 /// Connections closed, by close code.
 pub fn disconnects(code: &'static str) -> Counter {
     counter!("herald_disconnects_total", "code" => code)
