@@ -176,10 +176,31 @@ impl Route {
         }
         let mut out = Vec::with_capacity(self.channels.len());
         for tpl in &self.channels {
-            let mut name = tpl.clone();
-            for (k, v) in &params {
-                name = name.replace(&format!("{{{k}}}"), v);
+            // One pass over the template: a value that spells another
+            // parameter (`{user}`) is not substituted again.
+            let mut name = String::with_capacity(tpl.len());
+            let mut rest = tpl.as_str();
+            while let Some(open) = rest.find('{') {
+                name.push_str(&rest[..open]);
+                let after = &rest[open + 1..];
+                match after.find('}').and_then(|close| {
+                    let key = &after[..close];
+                    params
+                        .iter()
+                        .find(|(k, _)| *k == key)
+                        .map(|(_, v)| (close, *v))
+                }) {
+                    Some((close, v)) => {
+                        name.push_str(v);
+                        rest = &after[close + 1..];
+                    }
+                    None => {
+                        name.push('{');
+                        rest = after;
+                    }
+                }
             }
+            name.push_str(rest);
             match ChannelName::new(&name) {
                 Ok(c) => out.push(c),
                 Err(e) => return Some(Err(e)),
@@ -209,6 +230,67 @@ pub struct GatewayConfig {
     /// `[presence] ttl`: entries of a node that died expire within it; live
     /// entries are refreshed every third of it.
     pub presence_ttl: Duration,
+    /// `[gateway] allowed_origins`: browser origins allowed to upgrade.
+    pub allowed_origins: AllowedOrigins,
+}
+
+/// `[gateway] allowed_origins`: the browser origins that may open a
+/// WebSocket, against cross-site WebSocket hijacking (a page on another
+/// site using the visitor's cookies or ambient credentials). Empty: any
+/// origin. A request without `Origin` is not from a browser page and is
+/// allowed: the check guards browsers, tokens guard everything.
+#[derive(Debug, Clone, Default)]
+pub struct AllowedOrigins {
+    /// Lower-cased `scheme://host[:port]`, or `scheme://*.suffix`.
+    list: Vec<String>,
+}
+
+impl AllowedOrigins {
+    /// Checks and normalizes a configured list; the error names the entry.
+    pub fn new(list: &[String]) -> Result<Self, String> {
+        let mut out = Vec::with_capacity(list.len());
+        for o in list {
+            let lower = o.trim().trim_end_matches('/').to_ascii_lowercase();
+            let ok = lower
+                .split_once("://")
+                .is_some_and(|(scheme, host)| {
+                    !scheme.is_empty()
+                        && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.')
+                        && !host.is_empty()
+                        && !host.contains('/')
+                        && !host[host.starts_with("*.").then_some(2).unwrap_or(0)..].contains('*')
+                });
+            if !ok {
+                return Err(format!(
+                    "allowed origin {o:?} must look like https://app.example.com[:port] or https://*.example.com"
+                ));
+            }
+            out.push(lower);
+        }
+        Ok(Self { list: out })
+    }
+
+    /// Whether an upgrade with this `Origin` header (if any) may go on.
+    pub fn allows(&self, origin: Option<&str>) -> bool {
+        let Some(origin) = origin else { return true };
+        if self.list.is_empty() {
+            return true;
+        }
+        let origin = origin.trim().to_ascii_lowercase();
+        self.list.iter().any(|allowed| match allowed.split_once("://*.") {
+            Some((scheme, suffix)) => origin
+                .strip_prefix(scheme)
+                .and_then(|r| r.strip_prefix("://"))
+                .and_then(|host| host.strip_suffix(suffix))
+                .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.')),
+            None => *allowed == origin,
+        })
+    }
+
+    /// Whether a list is configured.
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
 }
 
 impl Default for GatewayConfig {
@@ -221,6 +303,7 @@ impl Default for GatewayConfig {
             catchup_interval: Duration::from_secs(5),
             ingest_timeout: Duration::from_secs(10),
             presence_ttl: Duration::from_secs(30),
+            allowed_origins: AllowedOrigins::default(),
         }
     }
 }
@@ -228,6 +311,39 @@ impl Default for GatewayConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn origins() {
+        let any = AllowedOrigins::default();
+        assert!(any.allows(Some("https://evil.example")));
+        assert!(any.allows(None));
+        let o = AllowedOrigins::new(&[
+            "https://App.example.com/".into(),
+            "http://localhost:8080".into(),
+            "https://*.example.org".into(),
+        ])
+        .unwrap();
+        assert!(o.allows(Some("https://app.example.com")));
+        assert!(o.allows(Some("HTTPS://APP.EXAMPLE.COM")));
+        assert!(o.allows(Some("http://localhost:8080")));
+        assert!(o.allows(Some("https://a.b.example.org")));
+        assert!(o.allows(None), "non-browser clients send no Origin");
+        for bad in [
+            "https://evil.example",
+            "http://app.example.com",
+            "https://app.example.com.evil.example",
+            "http://localhost:8081",
+            "https://example.org",
+            "https://evilexample.org",
+            "null",
+            "",
+        ] {
+            assert!(!o.allows(Some(bad)), "{bad}");
+        }
+        for bad in ["example.com", "https://", "https://a.example/path", "https://a*.example"] {
+            assert!(AllowedOrigins::new(&[bad.into()]).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn route_matching() {

@@ -221,9 +221,13 @@ async fn write_loop(mut wr: Writer, gw: Arc<Inner>, h: Arc<ConnHandle>) {
                 let ok = match first {
                     Poll::Ready(r) => r.is_ok(),
                     // The client's window is full: finish the write, watching
-                    // for a close (boxed, so this state is not carried by
-                    // every idle connection).
-                    Poll::Pending => Box::pin(finish_write(&mut wr, &h, frames, &mut pos)).await,
+                    // for a close and for a client that stopped reading
+                    // (boxed, so this state is not carried by every idle
+                    // connection).
+                    Poll::Pending => {
+                        let stall = gw.cfg.limits.heartbeat_timeout;
+                        Box::pin(finish_write(&mut wr, &h, frames, &mut pos, stall)).await
+                    }
                 };
                 if !ok {
                     if let Some(code) = h.outbox.close_code() {
@@ -237,7 +241,7 @@ async fn write_loop(mut wr: Writer, gw: Arc<Inner>, h: Arc<ConnHandle>) {
             }
             Take::Close(code) => {
                 let mut frames = Vec::with_capacity(2);
-                if code != CloseCode::Normal {
+                if code.announced() {
                     frames.push(ws::encode_frame(h.enc, &Disconnect::new(code)));
                 }
                 frames.push(ws::close_frame(code));
@@ -263,21 +267,53 @@ async fn write_loop(mut wr: Writer, gw: Arc<Inner>, h: Arc<ConnHandle>) {
 /// meanwhile (the slow consumer of DESIGN.md guarantee 4) gets
 /// [`STUCK_WRITE_GRACE`], then the socket is dropped rather than the task
 /// held by a client that does not read.
+///
+/// A client whose socket takes nothing for `stall` (the heartbeat timeout)
+/// has not read our pings either: it is closed with 4408 whatever it sends,
+/// so a client that only writes (pings, requests) cannot keep a dead
+/// reader alive and its answers piling up.
 async fn finish_write(
     wr: &mut Writer,
     h: &ConnHandle,
     frames: &[Bytes],
     pos: &mut (usize, usize),
+    stall: Duration,
 ) -> bool {
-    let write = poll_fn(|cx| poll_write_frames(wr, cx, frames, pos));
+    let mut at = *pos;
+    let write = poll_fn(|cx| {
+        let r = poll_write_frames(wr, cx, frames, pos);
+        if r.is_pending() && *pos != at {
+            // Progress: the client reads, however slowly.
+            at = *pos;
+            return Poll::Ready(None);
+        }
+        r.map(Some)
+    });
     tokio::pin!(write);
-    tokio::select! {
-        biased;
-        r = &mut write => r.is_ok(),
-        _ = h.outbox.closed() => matches!(
-            tokio::time::timeout(STUCK_WRITE_GRACE, &mut write).await,
-            Ok(Ok(()))
-        ),
+    loop {
+        tokio::select! {
+            biased;
+            r = &mut write => match r {
+                Some(r) => return r.is_ok(),
+                // Made progress and blocked again: a fresh stall window.
+                None => continue,
+            },
+            _ = h.outbox.closed() => return matches!(
+                tokio::time::timeout(STUCK_WRITE_GRACE, async {
+                    loop {
+                        if let Some(r) = (&mut write).await {
+                            return r;
+                        }
+                    }
+                })
+                .await,
+                Ok(Ok(()))
+            ),
+            () = tokio::time::sleep(stall) => {
+                m::write_stalls().increment(1);
+                h.outbox.close_now(CloseCode::HeartbeatTimeout);
+            }
+        }
     }
 }
 
@@ -365,16 +401,28 @@ async fn read_side(gw: Arc<Inner>, handle: Arc<ConnHandle>, rd: Reader, hs: Box<
         // The handshake (token text, recover= map) is not needed any more:
         // an idle connection should not keep it.
         drop(hs);
-        if !welcomed || conn.serve(&mut wsr).await {
+        let linger_needed = !welcomed || conn.serve(&mut wsr).await;
+        // Local state first, at once, whatever the bus and presence do: a
+        // Redis outage must not hold the hub entries (or, below, the
+        // connection's limit slots) for 2 s per channel.
+        conn.release();
+        if linger_needed {
             Box::pin(linger(wsr, done)).await;
         }
-        Box::pin(conn.cleanup()).await;
     }
     .instrument(span)
     .await;
     gw.unregister(&handle, &conn.claims.sub);
     m::connections().decrement(1.0);
 }
+
+/// Longest the presence `leave`s of a closed connection are tried, all its
+/// channels together. Past it (Redis down) the entries are left to expire
+/// with `[presence] ttl`, and the presence sweep announces their leave.
+const LEAVE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Presence `leave` calls in flight for one closed connection.
+const LEAVE_CONCURRENCY: usize = 16;
 
 fn expiry_deadline(c: &ConnClaims, leeway: Duration) -> Option<tokio::time::Instant> {
     let at = c.expires_at()? + leeway;
@@ -622,6 +670,7 @@ impl Conn {
         mut page: Vec<herald_protocol::server::Message>,
     ) -> bool {
         let mut next = from;
+        let mut queued = 0usize;
         while next <= to {
             if page.is_empty() {
                 let limit = u32::try_from((to - next + 1).min(500)).unwrap_or(500);
@@ -645,12 +694,19 @@ impl Conn {
                 next = msg.seq + 1;
                 progressed = true;
                 msg.kind = Some(herald_protocol::server::MessageKind::Message);
-                if !self
-                    .handle
-                    .outbox
-                    .push_unbounded(ws::encode_frame(self.enc(), &msg))
-                {
+                let frame = ws::encode_frame(self.enc(), &msg);
+                queued += frame.len();
+                if !self.handle.outbox.push_unbounded(frame) {
                     return false;
+                }
+                // Outside the bound, but never more than about one bound's
+                // worth queued at a time: a page of large messages waits
+                // for the client to read the first of them.
+                if queued >= self.gw.cfg.limits.max_queue_bytes {
+                    if !self.handle.outbox.wait_drained().await {
+                        return false;
+                    }
+                    queued = 0;
                 }
             }
             if !progressed && next <= to {
@@ -662,6 +718,7 @@ impl Conn {
             if !self.handle.outbox.wait_drained().await {
                 return false;
             }
+            queued = 0;
         }
         true
     }
@@ -685,6 +742,10 @@ impl Conn {
         let timer = tokio::time::sleep_until(next_ping);
         tokio::pin!(timer);
         let mut rate = RateLimit::new(limits.rate_per_second, limits.rate_burst);
+        // Control frames and fragments: a bucket of the same size, apart
+        // from requests (PROTOCOL.md section 7 counts only data frames;
+        // docs/protocol-notes.md says why these are limited too).
+        let mut frames = RateLimit::new(limits.rate_per_second, limits.rate_burst);
         let mut fragments: Option<(InOp, BytesMut)> = None;
         loop {
             let timeout_at = last_recv + limits.heartbeat_timeout;
@@ -708,6 +769,11 @@ impl Conn {
                             self.handle.outbox.close_now(CloseCode::ProtocolViolation);
                             break;
                         }
+                        // The reader does not judge close payloads itself.
+                        Err(ReadError::BadClose(_) | ReadError::BadCloseReason) => {
+                            self.handle.outbox.close_now(CloseCode::ProtocolError);
+                            break;
+                        }
                         Err(ReadError::Gone) => {
                             m::disconnects("abnormal").increment(1);
                             self.handle.outbox.mark_dead();
@@ -715,15 +781,51 @@ impl Conn {
                         }
                     };
                     let InFrame { fin, op, payload } = frame;
+                    // Control frames and non-final fragments cost no request
+                    // token but take one from the frame bucket: a flood of
+                    // them is refused like a request flood (4029).
+                    let framing = matches!(op, InOp::Ping | InOp::Pong)
+                        || (!fin && matches!(op, InOp::Text | InOp::Binary | InOp::Continuation));
+                    let frame_ok = if framing {
+                        match frames.take(std::time::Instant::now()) {
+                            Ok(ok) => ok,
+                            Err(()) => {
+                                self.handle.outbox.close(CloseCode::RateLimited);
+                                break;
+                            }
+                        }
+                    } else {
+                        true
+                    };
                     match op {
                         InOp::Close => {
-                            self.handle.outbox.close(CloseCode::Normal);
+                            // RFC 6455 sections 5.5.1 and 7.4: a valid code is
+                            // echoed; a malformed close fails the connection.
+                            let code = match ws::close_code_of(&payload) {
+                                Ok(None) => CloseCode::Normal,
+                                Ok(Some(c)) => CloseCode::Peer(c),
+                                Err(ReadError::BadCloseReason) => {
+                                    self.handle.outbox.close_now(CloseCode::InvalidUtf8);
+                                    break;
+                                }
+                                Err(e) => {
+                                    tracing::debug!(error = %e, "invalid close frame");
+                                    self.handle.outbox.close_now(CloseCode::ProtocolError);
+                                    break;
+                                }
+                            };
+                            self.handle.outbox.close(code);
                             // The client said goodbye: no lingering needed.
                             let _ = Box::pin(tokio::time::timeout(Duration::from_secs(5), done.finished())).await;
                             return false;
                         }
                         InOp::Ping => {
-                            self.handle.outbox.push_unbounded(ws::frame(ws::Opcode::Pong, &payload));
+                            // Refused pings (over the frame bucket) go
+                            // unanswered; RFC 6455 lets a pong answer only
+                            // the latest ping, which push_pong keeps.
+                            if frame_ok {
+                                self.handle.outbox.push_pong(ws::frame(ws::Opcode::Pong, &payload));
+                            }
                         }
                         InOp::Pong => {}
                         InOp::Text | InOp::Binary | InOp::Continuation => {
@@ -799,7 +901,7 @@ impl Conn {
                         break;
                     }
                     if next_ping <= now {
-                        self.handle.outbox.push_unbounded(Bytes::from_static(ws::EMPTY_PING));
+                        self.handle.outbox.push_ping();
                         next_ping = now + limits.heartbeat_interval;
                     }
                 }
@@ -1027,11 +1129,39 @@ impl Conn {
         Ok(())
     }
 
-    async fn cleanup(&mut self) {
+    /// Ends every subscription of a closing connection: the hub entries go
+    /// now; the presence entries and `leave` events are handed to a tracked
+    /// background task bounded by [`LEAVE_DEADLINE`], so the connection's
+    /// slots are free at once even while Redis is away.
+    fn release(&mut self) {
         let subs: Vec<ChannelName> = self.subs.drain().map(|(c, _)| c).collect();
-        for ch in subs {
-            self.leave(&ch).await;
+        if subs.is_empty() {
+            return;
         }
+        for ch in &subs {
+            self.gw.hub.remove(ch, self.handle.num);
+        }
+        let gw = self.gw.clone();
+        let client = self.client_info();
+        self.gw.tracker.spawn(async move {
+            use futures_util::StreamExt;
+            let leaves = futures_util::stream::iter(subs).for_each_concurrent(
+                LEAVE_CONCURRENCY,
+                |ch| {
+                    let gw = &gw;
+                    let client = client.clone();
+                    async move {
+                        if let Err(e) = gw.presence.leave(&ch, &client.conn).await {
+                            tracing::debug!(channel = %ch, error = %e, "presence leave failed; the entry expires with its ttl");
+                        }
+                        crate::hub::publish_presence(&*gw.bus, &ch, "leave", client).await;
+                    }
+                },
+            );
+            if tokio::time::timeout(LEAVE_DEADLINE, leaves).await.is_err() {
+                tracing::warn!("presence leaves of a closed connection timed out; entries expire with their ttl");
+            }
+        });
     }
 }
 

@@ -19,7 +19,8 @@ use hyper_util::rt::TokioExecutor;
 use std::time::Duration;
 
 /// Header naming the WebSocket publisher whose key scope a gateway publish
-/// uses. Only trusted with the API key.
+/// uses, percent-encoded (RFC 3986 unreserved bytes kept). Only trusted with
+/// the API key.
 pub const PUBLISHER_HEADER: &str = "herald-publisher";
 
 /// Largest ingest answer read (a full history page of large messages).
@@ -75,7 +76,10 @@ impl HttpIngest {
                 .header(http::header::AUTHORIZATION, &self.auth)
                 .header(http::header::CONTENT_TYPE, "application/json");
             if let Some(p) = publisher {
-                req = req.header(PUBLISHER_HEADER, p);
+                // Lossless and header-safe for any UTF-8 `sub` (a raw
+                // non-ASCII one was refused by ingest and fell back to the
+                // API's scope, merging users' keys).
+                req = req.header(PUBLISHER_HEADER, herald_protocol::api::percent_encode(p));
             }
             let req = req
                 .body(Full::new(Bytes::from(body.clone().unwrap_or_default())))

@@ -30,6 +30,17 @@ use tokio::sync::{mpsc, oneshot};
 
 const SHARDS: usize = 64;
 
+/// History reads one fill tries before it gives up until the next
+/// catch-up round (with [`FILL_BACKOFF`] doubling up to
+/// [`FILL_BACKOFF_MAX`] between them: about 1.5 s in all).
+const FILL_ATTEMPTS: u32 = 4;
+/// First pause after a failed history read.
+const FILL_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest pause between two history reads of one fill.
+const FILL_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Channels filled at once by a catch-up round.
+const CATCHUP_CONCURRENCY: usize = 64;
+
 /// What the hub knows of a connection: enough to hand it frames.
 pub struct ConnHandle {
     /// Process-unique number (table key).
@@ -497,7 +508,11 @@ impl Hub {
                 let delay = self.gap_timeout;
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
-                    hub.fill(&ch, None).await;
+                    if !hub.fill(&ch, None).await {
+                        // Given up for now; the next catch-up round (which
+                        // sees the channel behind) tries again.
+                        tracing::warn!(channel = %ch, "gap fill gave up after its retries");
+                    }
                 });
             }
         }
@@ -505,25 +520,29 @@ impl Hub {
 
     /// Fetches missing messages of `ch` from history and hands them out:
     /// up to `target` when given, else up to the highest pending seq.
-    /// Retries with backoff while the channel is still subscribed.
-    pub async fn fill(&self, ch: &ChannelName, target: Option<u64>) {
-        let mut backoff = Duration::from_millis(100);
+    /// Retries failed history reads with backoff, [`FILL_ATTEMPTS`] times
+    /// in all, so that one channel whose history cannot be read never holds
+    /// up the others; true when the channel is whole (or gone), false when
+    /// it gave up (the next catch-up round tries again).
+    pub async fn fill(&self, ch: &ChannelName, target: Option<u64>) -> bool {
+        let mut backoff = FILL_BACKOFF;
+        let mut failures = 0;
         loop {
             let after = {
                 let mut shard = self.shard(ch.as_str());
                 let Some(chan) = shard.get_mut(ch) else {
-                    return;
+                    return true;
                 };
                 let Some(last) = chan.last else {
                     chan.fill_scheduled = false;
-                    return;
+                    return true;
                 };
                 let want = target
                     .unwrap_or(0)
                     .max(chan.pending.keys().next_back().copied().unwrap_or(0));
                 if want <= last {
                     chan.fill_scheduled = false;
-                    return;
+                    return true;
                 }
                 last
             };
@@ -538,7 +557,7 @@ impl Hub {
                     }
                     let mut shard = self.shard(ch.as_str());
                     let Some(chan) = shard.get_mut(ch) else {
-                        return;
+                        return true;
                     };
                     if chan.last == Some(after) {
                         // No progress: seq `after + 1` is not in history
@@ -569,16 +588,25 @@ impl Hub {
                             }
                             None => {
                                 chan.fill_scheduled = false;
-                                return;
+                                return true;
                             }
                         }
                     }
-                    backoff = Duration::from_millis(100);
+                    backoff = FILL_BACKOFF;
+                    failures = 0;
                 }
                 Err(e) => {
-                    tracing::warn!(channel = %ch, error = %e, "gap fill from history failed; retrying");
+                    failures += 1;
+                    if failures >= FILL_ATTEMPTS {
+                        tracing::warn!(channel = %ch, error = %e, attempts = failures, "history read failed; channel left for the next catch-up");
+                        if let Some(chan) = self.shard(ch.as_str()).get_mut(ch) {
+                            chan.fill_scheduled = false;
+                        }
+                        return false;
+                    }
+                    tracing::debug!(channel = %ch, error = %e, "gap fill from history failed; retrying");
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    backoff = (backoff * 2).min(FILL_BACKOFF_MAX);
                 }
             }
         }
@@ -586,8 +614,15 @@ impl Hub {
 
     /// Checks every subscribed channel's latest seq against ingest and fills
     /// what the bus lost (after a reconnect, and every catch-up interval).
+    ///
+    /// Channels behind are filled concurrently ([`CATCHUP_CONCURRENCY`] at
+    /// a time), each with bounded retries: a channel whose history keeps
+    /// failing is counted in `herald_catchup_stuck_channels` and tried
+    /// again next round, while every other channel is repaired.
     pub async fn catch_up(&self) {
+        use futures_util::StreamExt;
         let known = self.positions_known();
+        let mut behind: Vec<(ChannelName, u64)> = Vec::new();
         for batch in known.chunks(herald_protocol::api::MAX_POSITIONS) {
             let names: Vec<ChannelName> = batch.iter().map(|(c, _)| c.clone()).collect();
             match self.ingest.positions(&names).await {
@@ -595,13 +630,20 @@ impl Hub {
                     for ((ch, last), p) in batch.iter().zip(pos) {
                         if p > *last {
                             m::catchups().increment(1);
-                            self.fill(ch, Some(p)).await;
+                            behind.push((ch.clone(), p));
                         }
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "catch-up positions failed"),
             }
         }
+        let stuck = futures_util::stream::iter(behind)
+            .map(|(ch, p)| async move { self.fill(&ch, Some(p)).await })
+            .buffer_unordered(CATCHUP_CONCURRENCY)
+            .filter(|ok| std::future::ready(!ok))
+            .count()
+            .await;
+        m::stuck_channels().set(stuck as f64);
     }
 
     fn on_ephemeral(&self, ch: &ChannelName, e: Ephemeral) {

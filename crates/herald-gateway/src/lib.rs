@@ -8,6 +8,7 @@
 //! - [`hub`]: sharded channel -> subscribers table, ordering by seq, gap fill.
 //! - [`conn`]: one task per connection (reader + writer).
 //! - [`outbox`]: the byte-bounded outbound queue.
+//! - [`drain`]: the pacing of a drain's closes over its window.
 //! - [`ws`]: server-side WebSocket framing.
 //! - [`metrics`]: metric names.
 //!
@@ -16,6 +17,7 @@
 
 pub mod config;
 pub mod conn;
+pub mod drain;
 pub mod http_ingest;
 pub mod hub;
 pub mod ingest;
@@ -23,7 +25,10 @@ pub mod metrics;
 pub mod outbox;
 pub mod ws;
 
-pub use config::{GatewayConfig, Limits, Route};
+#[cfg(test)]
+mod fuzz;
+
+pub use config::{AllowedOrigins, GatewayConfig, Limits, Route};
 pub use ingest::{Ingest, IngestError, PublishCall};
 
 use bytes::Bytes;
@@ -76,9 +81,17 @@ impl Inner {
         self.next_num.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Counts a connection against the node and per-user limits.
+    /// Counts a connection against the node and per-user limits. While the
+    /// node drains, a connection whose upgrade was already under way is
+    /// refused with 1012 (it reconnects elsewhere with recovery), so none
+    /// is left open behind the drain's snapshot.
     fn register(&self, h: &Arc<ConnHandle>, sub: &str) -> Result<(), CloseCode> {
         let mut r = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        // Read under the registry lock that drain() takes for its snapshot:
+        // either this connection is in the snapshot or it sees the flag.
+        if self.draining.load(Ordering::SeqCst) {
+            return Err(CloseCode::ServiceRestart);
+        }
         if r.conns.len() >= self.cfg.limits.max_connections {
             return Err(CloseCode::ConnectionLimit);
         }
@@ -152,6 +165,7 @@ impl Gateway {
         metrics::connections().set(0.0);
         metrics::subscriptions().set(0.0);
         metrics::channels().set(0.0);
+        metrics::stuck_channels().set(0.0);
         let attach_bus = bus.clone();
         let hub = Hub::new(
             ingest.clone(),
@@ -276,6 +290,16 @@ impl Gateway {
         if !fastwebsockets::upgrade::is_upgrade_request(&req) {
             return plain(StatusCode::UPGRADE_REQUIRED, "WebSocket upgrade required\n");
         }
+        // Cross-site WebSocket hijacking: a browser always sends the page's
+        // origin; refuse the ones not configured (docs/operations.md).
+        let origin = req
+            .headers()
+            .get(http::header::ORIGIN)
+            .map(|v| v.to_str().unwrap_or("\u{0}"));
+        if !self.inner.cfg.allowed_origins.allows(origin) {
+            tracing::debug!(origin = ?origin, peer = %peer, "origin refused");
+            return plain(StatusCode::FORBIDDEN, "origin not allowed\n");
+        }
         // Subprotocol: echoed only when offered; an offer naming neither of
         // ours is refused before the upgrade (PROTOCOL.md section 2).
         let offered: Vec<String> = req
@@ -331,25 +355,13 @@ impl Gateway {
                 })
                 .map(|t| t.trim().to_owned())
         });
-        let mut recover = HashMap::new();
-        if let Some(r) = query.get("recover") {
-            for part in r.split(',').filter(|p| !p.is_empty()) {
-                let parsed = part
-                    .rsplit_once(':')
-                    .and_then(|(c, s)| Some((ChannelName::new(c).ok()?, s.parse::<u64>().ok()?)));
-                match parsed {
-                    Some((c, s)) => {
-                        recover.insert(c, s);
-                    }
-                    None => {
-                        return plain(
-                            StatusCode::BAD_REQUEST,
-                            "malformed recover parameter: expected channel:seq,...\n",
-                        );
-                    }
-                }
-            }
-        }
+        let recover: HashMap<ChannelName, u64> = match query.get("recover") {
+            None => HashMap::new(),
+            Some(r) => match herald_protocol::api::parse_recover(r) {
+                Ok(entries) => entries.into_iter().collect(),
+                Err(e) => return plain(StatusCode::BAD_REQUEST, &format!("{e}\n")),
+            },
+        };
         let (mut resp, fut) = match fastwebsockets::upgrade::upgrade(&mut req) {
             Ok(x) => x,
             Err(e) => {
@@ -393,13 +405,13 @@ impl Gateway {
     /// client with 1012 at an even pace over the drain window, then wait for
     /// the connection tasks (at most the window + 5 s).
     pub async fn drain(&self) {
-        self.inner.draining.store(true, Ordering::SeqCst);
         let conns: Vec<Arc<ConnHandle>> = {
             let r = self
                 .inner
                 .registry
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
+            self.inner.draining.store(true, Ordering::SeqCst);
             r.conns.values().cloned().collect()
         };
         let window = self.inner.cfg.limits.drain_window;
@@ -408,19 +420,12 @@ impl Gateway {
             window_s = window.as_secs_f64(),
             "draining"
         );
-        if !conns.is_empty() {
-            let step = window / u32::try_from(conns.len()).unwrap_or(u32::MAX).max(1);
-            for c in conns {
-                // One that closed meanwhile takes no slot of the window.
-                if c.outbox.is_closing() {
-                    continue;
-                }
+        drain::pace(conns.len(), window, |range| {
+            for c in &conns[range] {
                 c.outbox.close(CloseCode::ServiceRestart);
-                if !step.is_zero() {
-                    tokio::time::sleep(step).await;
-                }
             }
-        }
+        })
+        .await;
         self.inner.tracker.close();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.inner.tracker.wait()).await;
     }

@@ -80,10 +80,29 @@ pub fn bad_envelopes() -> Counter {
     counter!("herald_bus_bad_envelopes_total")
 }
 
+/// Connections closed because their socket took no write for the
+/// heartbeat timeout (a client that stopped reading).
+pub fn write_stalls() -> Counter {
+    counter!("herald_write_stalls_total")
+}
+/// Channels whose last catch-up or gap fill gave up after its retries
+/// (history unreadable); retried at the next catch-up round.
+pub fn stuck_channels() -> Gauge {
+    gauge!("herald_catchup_stuck_channels")
+}
+
 /// Registers descriptions (call once after installing the recorder).
 pub fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_gauge!("herald_connections", "Open WebSocket connections");
+    describe_counter!(
+        "herald_write_stalls_total",
+        "Connections closed 4408 because their socket took no write for the heartbeat timeout"
+    );
+    describe_gauge!(
+        "herald_catchup_stuck_channels",
+        "Channels whose history read failed through every retry of the last catch-up or gap fill"
+    );
     describe_gauge!(
         "herald_subscriptions",
         "Subscriptions held by local connections"

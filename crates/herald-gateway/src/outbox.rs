@@ -27,12 +27,37 @@ pub struct Outbox {
 struct State {
     queue: VecDeque<Bytes>,
     bytes: usize,
+    /// The pong not yet written, if any: a newer one replaces it (RFC 6455
+    /// section 5.5.3 allows answering only the latest ping), so a client
+    /// that pings and never reads holds at most one here.
+    pong: Option<Bytes>,
+    /// A heartbeat ping is due (one at most, whatever the ticks).
+    ping: bool,
     close: Option<CloseCode>,
     /// The writer has stopped (socket gone); nothing more will be written.
     dead: bool,
     /// The writer task has returned (set once, by [`Outbox::finish`]).
     finished: bool,
 }
+
+impl State {
+    /// Drops everything queued.
+    fn clear(&mut self) {
+        self.queue.clear();
+        self.pong = None;
+        self.ping = false;
+        self.bytes = 0;
+    }
+
+    fn is_empty(&self) -> bool {
+        self.queue.is_empty() && self.pong.is_none() && !self.ping
+    }
+}
+
+/// The heartbeat ping: an empty ping frame (FIN + opcode 0x9, length 0), a
+/// static, so a heartbeat allocates nothing in thousands of idle
+/// connections.
+const PING: &[u8] = crate::ws::EMPTY_PING;
 
 /// A first frame takes one slot, not the four `push_back` reserves: most
 /// wake-ups of an idle connection carry one frame (a heartbeat, a message),
@@ -81,8 +106,7 @@ impl Outbox {
         }
         if s.bytes + frame.len() > self.max_bytes {
             s.close = Some(CloseCode::SlowConsumer);
-            s.queue.clear();
-            s.bytes = 0;
+            s.clear();
             drop(s);
             self.writer.notify_one();
             self.drained.notify_waiters();
@@ -91,6 +115,46 @@ impl Outbox {
         s.bytes += frame.len();
         reserve_one(&mut s.queue);
         s.queue.push_back(frame);
+        drop(s);
+        self.writer.notify_one();
+        true
+    }
+
+    /// Queues a pong, replacing one still waiting (its bytes are at most
+    /// 127 + 2, counted against the bound like every queued frame).
+    pub fn push_pong(&self, frame: Bytes) -> bool {
+        let mut s = self.lock();
+        if s.close.is_some() || s.dead {
+            return false;
+        }
+        let old = s.pong.as_ref().map_or(0, Bytes::len);
+        if s.bytes - old + frame.len() > self.max_bytes {
+            drop(s);
+            self.close_now(CloseCode::SlowConsumer);
+            return false;
+        }
+        s.bytes = s.bytes - old + frame.len();
+        s.pong = Some(frame);
+        drop(s);
+        self.writer.notify_one();
+        true
+    }
+
+    /// Queues the heartbeat ping (a static two-byte frame; one at most).
+    pub fn push_ping(&self) -> bool {
+        let mut s = self.lock();
+        if s.close.is_some() || s.dead {
+            return false;
+        }
+        if !s.ping {
+            if s.bytes + PING.len() > self.max_bytes {
+                drop(s);
+                self.close_now(CloseCode::SlowConsumer);
+                return false;
+            }
+            s.bytes += PING.len();
+            s.ping = true;
+        }
         drop(s);
         self.writer.notify_one();
         true
@@ -129,8 +193,7 @@ impl Outbox {
         if s.close.is_none() {
             s.close = Some(code);
         }
-        s.queue.clear();
-        s.bytes = 0;
+        s.clear();
         drop(s);
         self.writer.notify_one();
         self.drained.notify_waiters();
@@ -151,8 +214,7 @@ impl Outbox {
     pub fn mark_dead(&self) {
         let mut s = self.lock();
         s.dead = true;
-        s.queue.clear();
-        s.bytes = 0;
+        s.clear();
         drop(s);
         self.writer.notify_one();
         self.drained.notify_waiters();
@@ -185,6 +247,12 @@ impl Outbox {
                 let mut s = self.lock();
                 if s.dead {
                     return Take::Stop;
+                }
+                if let Some(p) = s.pong.take() {
+                    s.queue.push_back(p);
+                }
+                if std::mem::take(&mut s.ping) {
+                    s.queue.push_back(Bytes::from_static(PING));
                 }
                 if !s.queue.is_empty() {
                     s.bytes = 0;
@@ -222,7 +290,7 @@ impl Outbox {
                 if s.close.is_some() || s.dead {
                     return false;
                 }
-                if s.queue.is_empty() {
+                if s.is_empty() {
                     return true;
                 }
             }
@@ -267,6 +335,38 @@ mod tests {
             .unwrap();
         // And at once for a late caller.
         o.finished().await;
+    }
+
+    #[tokio::test]
+    async fn a_pong_replaces_the_one_not_yet_written() {
+        let o = Outbox::new(100);
+        for i in 0..10_000u32 {
+            assert!(o.push_pong(Bytes::from(i.to_be_bytes().to_vec())));
+        }
+        assert!(o.push_ping());
+        assert!(o.push_ping());
+        assert!(o.push(Bytes::from_static(b"msg")));
+        match o.take().await {
+            Take::Frames(f) => assert_eq!(
+                f,
+                [
+                    Bytes::from_static(b"msg"),
+                    Bytes::from(9_999u32.to_be_bytes().to_vec()),
+                    Bytes::from_static(PING),
+                ]
+            ),
+            Take::Close(_) | Take::Stop => panic!("unexpected close"),
+        }
+        assert!(o.wait_drained().await);
+    }
+
+    #[tokio::test]
+    async fn control_frames_count_against_the_bound() {
+        let o = Outbox::new(10);
+        assert!(o.push(Bytes::from_static(b"12345678")));
+        assert!(o.push_ping());
+        assert!(!o.push_pong(Bytes::from_static(b"xyz")));
+        assert_eq!(o.close_code(), Some(CloseCode::SlowConsumer));
     }
 
     #[tokio::test]

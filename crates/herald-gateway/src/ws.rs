@@ -128,6 +128,32 @@ pub enum ReadError {
     /// A data frame over the inbound limit: close 1009.
     #[error("frame too large")]
     TooBig,
+    /// A close frame RFC 6455 forbids (a 1-byte payload, a code section 7.4
+    /// does not allow on the wire): close 1002.
+    #[error("invalid close frame: {0}")]
+    BadClose(&'static str),
+    /// A close frame whose reason is not UTF-8: close 1007.
+    #[error("close reason is not UTF-8")]
+    BadCloseReason,
+}
+
+/// What a client's close frame asks for, once validated (RFC 6455 sections
+/// 5.5.1 and 7.4): `None` for an empty close, else the code to echo.
+pub fn close_code_of(payload: &[u8]) -> Result<Option<u16>, ReadError> {
+    match payload {
+        [] => Ok(None),
+        [_] => Err(ReadError::BadClose("one-byte close payload")),
+        [hi, lo, reason @ ..] => {
+            let code = u16::from_be_bytes([*hi, *lo]);
+            if !CloseCode::valid_on_wire(code) {
+                return Err(ReadError::BadClose("close code not allowed on the wire"));
+            }
+            if std::str::from_utf8(reason).is_err() {
+                return Err(ReadError::BadCloseReason);
+            }
+            Ok(Some(code))
+        }
+    }
 }
 
 /// Reads client frames (RFC 6455 section 5) from a stream.
@@ -146,6 +172,9 @@ pub struct FrameReader<R> {
 
 /// Read buffer growth step; an idle connection holds no buffer.
 const READ_CHUNK: usize = 2048;
+/// Most a frame's announced length grows the buffer by before its bytes
+/// arrive.
+const MAX_RESERVE: usize = 64 * 1024;
 
 impl<R: tokio::io::AsyncRead + Unpin> FrameReader<R> {
     /// A reader refusing data frames over `max_payload` bytes.
@@ -214,7 +243,13 @@ impl<R: tokio::io::AsyncRead + Unpin> FrameReader<R> {
                 if b.len() < 4 {
                     return Ok(None);
                 }
-                (u64::from(u16::from_be_bytes([b[2], b[3]])), 4)
+                let l = u16::from_be_bytes([b[2], b[3]]);
+                // RFC 6455 section 5.2: the minimal number of bytes must
+                // be used to encode the length.
+                if l < 126 {
+                    return Err(ReadError::Protocol("non-minimal payload length"));
+                }
+                (u64::from(l), 4)
             }
             127 => {
                 if b.len() < 10 {
@@ -225,6 +260,9 @@ impl<R: tokio::io::AsyncRead + Unpin> FrameReader<R> {
                 let l = u64::from_be_bytes(l);
                 if l >> 63 != 0 {
                     return Err(ReadError::Protocol("frame length has its high bit set"));
+                }
+                if l <= u64::from(u16::MAX) {
+                    return Err(ReadError::Protocol("non-minimal payload length"));
                 }
                 (l, 10)
             }
@@ -239,9 +277,12 @@ impl<R: tokio::io::AsyncRead + Unpin> FrameReader<R> {
         }
         // Fits usize: bounded by max_payload above.
         let len = usize::try_from(len).map_err(|_| ReadError::TooBig)?;
-        let total = head + 4 + len;
+        let total = len.checked_add(head + 4).ok_or(ReadError::TooBig)?;
         if b.len() < total {
-            self.buf.reserve(total - b.len());
+            // Grow toward the whole frame as its bytes come, never by more
+            // than MAX_RESERVE at once: a header's claim alone must not
+            // allocate (whatever max_payload is configured to).
+            self.buf.reserve((total - b.len()).min(MAX_RESERVE));
             return Ok(None);
         }
         let mask = [b[head], b[head + 1], b[head + 2], b[head + 3]];
@@ -334,5 +375,47 @@ mod reader_tests {
             Err(ReadError::TooBig)
         ));
         assert!(read_all(masked(0x81, &[b'a'; 100]), 100).await[0].is_ok());
+    }
+
+    #[tokio::test]
+    async fn refuses_non_minimal_lengths() {
+        // 16-bit form for 5 bytes.
+        let mut v = vec![0x81, 0x80 | 126, 0, 5, 1, 2, 3, 4];
+        v.extend_from_slice(b"hello");
+        assert!(matches!(
+            read_all(v, 1000).await[0],
+            Err(ReadError::Protocol("non-minimal payload length"))
+        ));
+        // 64-bit form for 200 bytes.
+        let mut v = vec![0x82, 0x80 | 127, 0, 0, 0, 0, 0, 0, 0, 200, 1, 2, 3, 4];
+        v.extend_from_slice(&[0; 200]);
+        assert!(matches!(
+            read_all(v, 1000).await[0],
+            Err(ReadError::Protocol("non-minimal payload length"))
+        ));
+        // The minimal forms at their edges are fine.
+        assert!(read_all(masked(0x82, &[0; 126]), 1000).await[0].is_ok());
+        assert!(read_all(masked(0x82, &[0; 125]), 1000).await[0].is_ok());
+    }
+
+    #[test]
+    fn close_frames_are_validated() {
+        assert!(matches!(close_code_of(b""), Ok(None)));
+        assert!(matches!(close_code_of(&[3]), Err(ReadError::BadClose(_))));
+        for code in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535] {
+            assert!(
+                matches!(close_code_of(&code.to_be_bytes()), Err(ReadError::BadClose(_))),
+                "{code}"
+            );
+        }
+        for code in [1000u16, 1001, 1003, 1007, 1011, 1012, 1014, 3000, 4000, 4999] {
+            let mut p = code.to_be_bytes().to_vec();
+            p.extend_from_slice("bye é".as_bytes());
+            assert_eq!(close_code_of(&p).unwrap(), Some(code));
+        }
+        assert!(matches!(
+            close_code_of(&[0x03, 0xE8, 0xFF, 0xFE]),
+            Err(ReadError::BadCloseReason)
+        ));
     }
 }

@@ -140,7 +140,9 @@ async fn dispatch(svc: &IngestService, req: Request<Incoming>) -> Result<Resp, I
                 .get(PUBLISHER_HEADER)
                 .and_then(|v| v.to_str().ok())
                 .filter(|v| !v.is_empty())
-                .map(|v| format!("sub:{v}"))
+                // Percent-encoded by the gateway (any UTF-8 `sub`, control
+                // characters included, survives a header that way).
+                .map(|v| format!("sub:{}", herald_protocol::api::percent_decode(v, false)))
                 .unwrap_or_else(|| API_PUBLISHER.to_owned());
             publish(svc, &body(svc, req).await?, publisher).await
         }

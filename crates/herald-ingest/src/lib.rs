@@ -14,6 +14,9 @@
 pub mod http;
 pub mod metrics;
 
+#[cfg(test)]
+mod fuzz;
+
 use herald_bus::{Bus, Presence};
 use herald_protocol::api::HistoryPage;
 use herald_protocol::bus::Envelope;
@@ -101,6 +104,70 @@ pub struct PublishInput {
     pub publisher: String,
 }
 
+/// Longest the bus publishes of one committed message may take, all
+/// channels together (they run concurrently). Past it the answer goes out
+/// anyway: the message is committed, and the gateways' catch-up delivers it
+/// (PROTOCOL.md section 9).
+pub const BUS_PUBLISH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Publishes a committed message on the bus, every channel at once under
+/// [`BUS_PUBLISH_DEADLINE`].
+///
+/// A duplicate (an idempotency key seen before) is published again, from
+/// the stored message: the retry may be the publisher's answer to a first
+/// attempt whose bus publish failed or was cut off, and gateways drop a seq
+/// they already delivered (DESIGN.md guarantee 2).
+async fn publish_committed(
+    bus: Arc<dyn Bus>,
+    store: Arc<dyn Store>,
+    appended: Appended,
+    from: Option<String>,
+    data: JsonData,
+) {
+    let one = |ch: ChannelName, seq: u64| {
+        let bus = bus.clone();
+        let store = store.clone();
+        let from = from.clone();
+        let data = data.clone();
+        let id = appended.id.clone();
+        let ts = appended.ts;
+        let duplicate = appended.duplicate;
+        async move {
+            let env = if duplicate {
+                // What is stored, not what the retry says (`from` is not
+                // part of the key's fingerprint).
+                let page = match store.history(&ch, seq.saturating_sub(1), 1).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::warn!(error = %e, channel = %ch, msg_id = %id, "reading a duplicate back for republish failed");
+                        return;
+                    }
+                };
+                match page.messages.into_iter().find(|m| m.seq == seq && m.id == id) {
+                    Some(m) => Envelope::message(ch.clone(), seq, m.id, m.ts, m.from, &m.data),
+                    // Pruned by retention meanwhile: nothing to repair.
+                    None => return,
+                }
+            } else {
+                Envelope::message(ch.clone(), seq, id.clone(), ts, from, &data)
+            };
+            // Committed already: a failed bus publish is repaired by the
+            // gateways' catch-up (PROTOCOL.md section 9).
+            if let Err(e) = bus.publish(&env).await {
+                metrics::bus_publish_failures().increment(1);
+                tracing::warn!(error = %e, channel = %ch, msg_id = %id, "bus publish failed after commit");
+            }
+        }
+    };
+    let all = futures_util::future::join_all(
+        appended.seqs.iter().map(|(ch, seq)| one(ch.clone(), *seq)),
+    );
+    if tokio::time::timeout(BUS_PUBLISH_DEADLINE, all).await.is_err() {
+        metrics::bus_publish_failures().increment(1);
+        tracing::warn!(msg_id = %appended.id, channels = appended.seqs.len(), "bus publish deadline passed after commit");
+    }
+}
+
 /// The ingest service.
 pub struct IngestService {
     cfg: IngestConfig,
@@ -176,28 +243,28 @@ impl IngestService {
                 return Err(e.into());
             }
         };
-        if appended.duplicate {
-            metrics::publishes("duplicate").increment(1);
-            return Ok(appended);
+        let outcome = if appended.duplicate {
+            "duplicate"
+        } else {
+            "ok"
+        };
+        metrics::publishes(outcome).increment(1);
+        if !appended.duplicate {
+            metrics::messages_published().increment(appended.seqs.len() as u64);
         }
-        metrics::publishes("ok").increment(1);
-        for (ch, seq) in &appended.seqs {
-            metrics::messages_published().increment(1);
-            let env = Envelope::message(
-                ch.clone(),
-                *seq,
-                appended.id.clone(),
-                appended.ts,
-                input.from.clone(),
-                &input.data,
-            );
-            // Committed already: a failed bus publish is repaired by the
-            // gateways' catch-up (PROTOCOL.md section 9).
-            if let Err(e) = self.bus.publish(&env).await {
-                metrics::bus_publish_failures().increment(1);
-                tracing::warn!(error = %e, channel = %ch, msg_id = %appended.id, "bus publish failed after commit");
-            }
-        }
+        // The post-commit publish runs in its own task: a caller that hangs
+        // up (hyper then drops this future) must not cancel it, or the
+        // committed message would reach subscribers only through the
+        // gateways' catch-up. The answer still waits for it, so a publisher
+        // that reads its answer knows the bus has the message.
+        let task = tokio::spawn(publish_committed(
+            self.bus.clone(),
+            self.store.clone(),
+            appended.clone(),
+            input.from,
+            input.data,
+        ));
+        let _ = task.await;
         Ok(appended)
     }
 

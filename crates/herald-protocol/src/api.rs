@@ -74,9 +74,83 @@ pub fn percent_decode(s: &str, query: bool) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Percent-encodes every byte outside `A-Z a-z 0-9 - . _ ~` (RFC 3986
+/// unreserved): the lossless, header-safe form of a publisher identity,
+/// which [`percent_decode`] (with `query = false`) turns back into the same
+/// string for any UTF-8 input, control characters included.
+pub fn percent_encode(s: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = String::with_capacity(s.len());
+    for &b in s.as_bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0x0F)]));
+        }
+    }
+    out
+}
+
+/// Most entries in a `recover=` query (PROTOCOL.md section 2); more is a
+/// malformed handshake, answered 400 before the upgrade.
+pub const MAX_RECOVER_ENTRIES: usize = 1000;
+
+/// Why a `recover=` value was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecoverError {
+    /// An entry is not `channel:seq` with a valid channel and a u64 seq.
+    #[error("malformed recover parameter: expected channel:seq,...")]
+    Malformed,
+    /// More than [`MAX_RECOVER_ENTRIES`] entries.
+    #[error("recover parameter names more than {MAX_RECOVER_ENTRIES} channels")]
+    TooMany,
+}
+
+/// Parses a decoded `recover=` value: `channel:seq,channel:seq` (empty
+/// entries are skipped; a channel named twice keeps its last seq).
+pub fn parse_recover(s: &str) -> Result<Vec<(ChannelName, u64)>, RecoverError> {
+    let mut out: Vec<(ChannelName, u64)> = Vec::new();
+    for part in s.split(',').filter(|p| !p.is_empty()) {
+        if out.len() >= MAX_RECOVER_ENTRIES {
+            return Err(RecoverError::TooMany);
+        }
+        let (c, seq) = part.rsplit_once(':').ok_or(RecoverError::Malformed)?;
+        let c = ChannelName::new(c).map_err(|_| RecoverError::Malformed)?;
+        let seq = seq.parse::<u64>().map_err(|_| RecoverError::Malformed)?;
+        out.push((c, seq));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::percent_decode;
+    use super::*;
+
+    #[test]
+    fn publisher_identity_survives_encoding() {
+        for sub in ["josé", "zoë", "op:42", "a\nb\u{7f}", "user%41", "a b+c", ""] {
+            let enc = percent_encode(sub);
+            assert!(enc.bytes().all(|b| b.is_ascii_graphic()), "{enc}");
+            assert_eq!(percent_decode(&enc, false), sub);
+        }
+        assert_ne!(percent_encode("josé"), percent_encode("zoë"));
+    }
+
+    #[test]
+    fn recover_parsing() {
+        let r = parse_recover("chat_1:5,,dashboard_website_2:0").unwrap();
+        assert_eq!(r.len(), 2);
+        assert_eq!((r[0].0.as_str(), r[0].1), ("chat_1", 5));
+        assert_eq!(parse_recover(""), Ok(Vec::new()));
+        for bad in ["chat_1", "chat_1:x", "bad channel:1", ":1", "chat_1:-1"] {
+            assert_eq!(parse_recover(bad), Err(RecoverError::Malformed), "{bad}");
+        }
+        let many: Vec<String> = (0..=MAX_RECOVER_ENTRIES).map(|i| format!("c{i}:1")).collect();
+        assert_eq!(parse_recover(&many.join(",")), Err(RecoverError::TooMany));
+        assert!(parse_recover(&many[..MAX_RECOVER_ENTRIES].join(",")).is_ok());
+    }
 
     #[test]
     fn decodes_escapes_and_keeps_bad_ones() {

@@ -121,8 +121,14 @@ pub enum CloseCode {
     Normal,
     /// 1012: node draining; reconnect at once with recovery.
     ServiceRestart,
-    /// 1007: invalid UTF-8 in a text frame.
+    /// 1007: invalid UTF-8 in a text frame (or in a close frame's reason).
     InvalidUtf8,
+    /// 1002: RFC 6455 protocol error in a close frame (a 1-byte payload, a
+    /// code RFC 6455 section 7.4 does not allow on the wire).
+    ProtocolError,
+    /// The client closed with this (valid) code: the server's close frame
+    /// echoes it (RFC 6455 section 5.5.1).
+    Peer(u16),
     /// 1009: inbound message over `max_frame_bytes`.
     TooBig,
     /// 4000: protocol violation.
@@ -148,6 +154,8 @@ impl CloseCode {
             Self::Normal => 1000,
             Self::ServiceRestart => 1012,
             Self::InvalidUtf8 => 1007,
+            Self::ProtocolError => 1002,
+            Self::Peer(c) => c,
             Self::TooBig => 1009,
             Self::ProtocolViolation => 4000,
             Self::Unauthorized => 4001,
@@ -165,6 +173,8 @@ impl CloseCode {
             Self::Normal => "normal",
             Self::ServiceRestart => "service restart",
             Self::InvalidUtf8 => "invalid utf-8",
+            Self::ProtocolError => "protocol error",
+            Self::Peer(_) => "",
             Self::TooBig => "message too big",
             Self::ProtocolViolation => "protocol violation",
             Self::Unauthorized => "unauthorized",
@@ -189,12 +199,27 @@ impl CloseCode {
         )
     }
 
+    /// Whether a `disconnect` frame precedes the close frame: not for a
+    /// normal close, nor when echoing the client's own close.
+    pub const fn announced(self) -> bool {
+        !matches!(self, Self::Normal | Self::Peer(_))
+    }
+
+    /// Whether `code`, received in a client's close frame, is one RFC 6455
+    /// section 7.4 allows on the wire: 1000-1003, 1007-1014 (the IANA
+    /// registry's 1012-1014 included) and 3000-4999.
+    pub const fn valid_on_wire(code: u16) -> bool {
+        matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+    }
+
     /// Label value for metrics (a closed set).
     pub const fn label(self) -> &'static str {
         match self {
             Self::Normal => "1000",
             Self::ServiceRestart => "1012",
             Self::InvalidUtf8 => "1007",
+            Self::ProtocolError => "1002",
+            Self::Peer(_) => "peer",
             Self::TooBig => "1009",
             Self::ProtocolViolation => "4000",
             Self::Unauthorized => "4001",

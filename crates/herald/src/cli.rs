@@ -105,6 +105,12 @@ pub struct Common {
     /// [limits] max_subscriptions_per_connection.
     #[arg(long)]
     pub max_subscriptions_per_connection: Option<String>,
+    /// [gateway] allowed_origins as 'https://a.example,https://*.b.example'.
+    #[arg(long)]
+    pub allowed_origins: Option<String>,
+    /// [gateway] handshake_timeout (e.g. 10, "500ms").
+    #[arg(long)]
+    pub handshake_timeout: Option<String>,
 }
 
 impl Common {
@@ -145,6 +151,8 @@ impl Common {
                 "max_subscriptions_per_connection",
                 &self.max_subscriptions_per_connection,
             ),
+            ("gateway", "allowed_origins", &self.allowed_origins),
+            ("gateway", "handshake_timeout", &self.handshake_timeout),
         ];
         let mut out = Vec::new();
         for (k, v) in top {

@@ -49,6 +49,34 @@ pub struct Config {
     /// `[presence]`.
     #[serde(default)]
     pub presence: PresenceSection,
+    /// `[gateway]`.
+    #[serde(default)]
+    pub gateway: GatewaySection,
+}
+
+/// `[gateway]`: what the WebSocket endpoint accepts before the upgrade.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewaySection {
+    /// Browser origins allowed to open a WebSocket (`Origin` header,
+    /// `scheme://host[:port]`, compared case-insensitively; a `*.` after
+    /// the scheme allows subdomains: `https://*.example.com`). Empty: any.
+    /// A request without `Origin` (not a browser) is always allowed.
+    pub allowed_origins: Vec<String>,
+    /// Longest time a client may take to send a whole HTTP request head
+    /// (the upgrade request or an API request), from the moment it
+    /// connects; past it the connection is closed (slowloris).
+    #[serde(deserialize_with = "duration")]
+    pub handshake_timeout: Duration,
+}
+
+impl Default for GatewaySection {
+    fn default() -> Self {
+        Self {
+            allowed_origins: Vec::new(),
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// Log output format.
@@ -265,6 +293,15 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 /// booleans as such, everything else as a string. `channel_caps` takes
 /// `'chat_*=50,room_*=10'`.
 fn scalar(key: &str, v: &str) -> anyhow::Result<toml::Value> {
+    if key == "allowed_origins" {
+        let list = v
+            .split(',')
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .map(|o| toml::Value::String(o.to_owned()))
+            .collect();
+        return Ok(toml::Value::Array(list));
+    }
     if key == "channel_caps" {
         let mut t = toml::Table::new();
         for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -339,7 +376,7 @@ pub fn env_overrides(env: &BTreeMap<String, String>) -> (Vec<Override>, Vec<Stri
         "api_key",
         "log_format",
     ];
-    const SECTIONS: &[&str] = &["auth", "bus", "store", "limits", "presence"];
+    const SECTIONS: &[&str] = &["auth", "bus", "store", "limits", "presence", "gateway"];
     let mut out = Vec::new();
     let mut unknown = Vec::new();
     for (k, v) in env {
@@ -393,6 +430,12 @@ pub fn load(file: Option<&str>, env: &[Override], flags: &[Override]) -> anyhow:
 }
 
 impl Config {
+    /// `[gateway] allowed_origins`, checked.
+    pub fn allowed_origins(&self) -> anyhow::Result<herald_gateway::AllowedOrigins> {
+        herald_gateway::AllowedOrigins::new(&self.gateway.allowed_origins)
+            .map_err(|e| anyhow!("gateway.allowed_origins: {e}"))
+    }
+
     /// The gateway limits, checked.
     pub fn gateway_limits(&self) -> anyhow::Result<herald_gateway::Limits> {
         let l = &self.limits;
@@ -415,6 +458,9 @@ impl Config {
         positive("rate_burst", u64::from(l.rate_burst))?;
         if self.bus.catchup_interval.is_zero() {
             bail!("bus.catchup_interval must be greater than 0");
+        }
+        if self.gateway.handshake_timeout.is_zero() {
+            bail!("gateway.handshake_timeout must be greater than 0");
         }
         if self.presence.ttl.is_zero() {
             bail!("presence.ttl must be greater than 0");

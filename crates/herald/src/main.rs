@@ -163,6 +163,7 @@ async fn ingest_cmd(common: Common) -> anyhow::Result<()> {
         gateway: None,
         ingest: Some(ingest),
         banner: None,
+        header_timeout: cfg.gateway.handshake_timeout,
     })
     .await
 }
@@ -203,6 +204,7 @@ async fn gateway_cmd(common: Common) -> anyhow::Result<()> {
             gap_timeout: cfg.bus.gap_timeout,
             catchup_interval: cfg.bus.catchup_interval,
             presence_ttl: cfg.presence.ttl,
+            allowed_origins: cfg.allowed_origins()?,
             ..GatewayConfig::default()
         },
         verifier,
@@ -226,6 +228,7 @@ async fn gateway_cmd(common: Common) -> anyhow::Result<()> {
         gateway: Some(gateway),
         ingest: None,
         banner: None,
+        header_timeout: cfg.gateway.handshake_timeout,
     })
     .await
 }
@@ -326,6 +329,7 @@ async fn dev(common: Common) -> anyhow::Result<()> {
         gap_timeout: cfg.bus.gap_timeout,
         catchup_interval: cfg.bus.catchup_interval,
         presence_ttl: cfg.presence.ttl,
+        allowed_origins: cfg.allowed_origins()?,
         ..GatewayConfig::default()
     };
     let gateway = Gateway::new(
@@ -403,6 +407,7 @@ async fn dev(common: Common) -> anyhow::Result<()> {
         gateway: Some(gateway),
         ingest: Some(ingest),
         banner: Some(banner),
+        header_timeout: cfg.gateway.handshake_timeout,
     })
     .await
 }
@@ -418,6 +423,8 @@ struct Node {
     gateway: Option<Gateway>,
     ingest: Option<Arc<IngestService>>,
     banner: Option<String>,
+    /// `[gateway] handshake_timeout`: a whole request head within it.
+    header_timeout: std::time::Duration,
 }
 
 /// Serves a node, then drains it on SIGTERM (DESIGN.md guarantee 6): not
@@ -451,12 +458,13 @@ async fn serve_node(node: Node) -> anyhow::Result<()> {
                 l,
                 admin_app,
                 CancellationToken::new(),
+                node.header_timeout,
             )));
         }
         None => app.admin = Some(admin),
     }
     let addr = node.public.local_addr()?;
-    let public = tokio::spawn(server::serve(node.public, app, stop.clone()));
+    let public = tokio::spawn(server::serve(node.public, app, stop.clone(), node.header_timeout));
     if let Some(b) = node.banner {
         println!("{b}");
     }

@@ -88,7 +88,12 @@ impl App {
 /// Accepts connections until `stop` is cancelled. Upgraded WebSockets live
 /// on in the gateway's own tasks; plain HTTP connections are asked to finish
 /// gracefully.
-pub async fn serve(listener: TcpListener, app: App, stop: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    app: App,
+    stop: CancellationToken,
+    header_timeout: Duration,
+) {
     let conns = tokio_util::task::TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -113,7 +118,7 @@ pub async fn serve(listener: TcpListener, app: App, stop: CancellationToken) {
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
+                .header_read_timeout(header_timeout)
                 .serve_connection(TokioIo::new(stream), svc)
                 .with_upgrades();
             tokio::pin!(conn);
