@@ -239,7 +239,13 @@ fn data_of(svc: &IngestService, raw: Option<&RawValue>) -> Result<JsonData, Inge
         .map_err(|_| bad("data is not valid JSON"))
 }
 
+/// Parses a request body, which must be one JSON object (serde's derived
+/// `Deserialize` would also read a struct from an array of its fields:
+/// found by fuzzing).
 fn parse_json<'a, T: Deserialize<'a>>(b: &'a [u8]) -> Result<T, IngestError> {
+    if b.trim_ascii_start().first() != Some(&b'{') {
+        return Err(bad("malformed JSON body: expected a JSON object"));
+    }
     serde_json::from_slice(b).map_err(|e| bad(&format!("malformed JSON body: {e}")))
 }
 

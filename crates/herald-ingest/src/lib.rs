@@ -110,6 +110,42 @@ pub struct PublishInput {
 /// (PROTOCOL.md section 9).
 pub const BUS_PUBLISH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// Commits a publish, then publishes it on the bus (see
+/// [`IngestService::publish`], which runs this in its own task).
+async fn commit_and_publish(
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+    input: PublishInput,
+) -> Result<Appended, IngestError> {
+    let started = Instant::now();
+    let id = format!("m_{}", uuid::Uuid::now_v7().simple());
+    let ts = herald_protocol::now_ms();
+    let req = AppendRequest {
+        channels: input.channels,
+        data: input.data.clone(),
+        from: input.from.clone(),
+        publisher: input.publisher,
+        key: input.key,
+        id,
+        ts,
+    };
+    let result = store.append(req).await;
+    metrics::publish_duration().record(started.elapsed().as_secs_f64());
+    let appended = match result {
+        Ok(a) => a,
+        Err(e) => {
+            metrics::publishes("error").increment(1);
+            return Err(e.into());
+        }
+    };
+    metrics::publishes(if appended.duplicate { "duplicate" } else { "ok" }).increment(1);
+    if !appended.duplicate {
+        metrics::messages_published().increment(appended.seqs.len() as u64);
+    }
+    publish_committed(bus, store, appended.clone(), input.from, input.data).await;
+    Ok(appended)
+}
+
 /// Publishes a committed message on the bus, every channel at once under
 /// [`BUS_PUBLISH_DEADLINE`].
 ///
@@ -222,50 +258,25 @@ impl IngestService {
                 format!("data is larger than {} bytes", self.cfg.max_data_bytes),
             ));
         }
-        let started = Instant::now();
-        let id = format!("m_{}", uuid::Uuid::now_v7().simple());
-        let ts = herald_protocol::now_ms();
-        let req = AppendRequest {
-            channels: input.channels,
-            data: input.data.clone(),
-            from: input.from.clone(),
-            publisher: input.publisher,
-            key: input.key,
-            id,
-            ts,
-        };
-        let result = self.store.append(req).await;
-        metrics::publish_duration().record(started.elapsed().as_secs_f64());
-        let appended = match result {
-            Ok(a) => a,
-            Err(e) => {
-                metrics::publishes("error").increment(1);
-                return Err(e.into());
-            }
-        };
-        let outcome = if appended.duplicate {
-            "duplicate"
-        } else {
-            "ok"
-        };
-        metrics::publishes(outcome).increment(1);
-        if !appended.duplicate {
-            metrics::messages_published().increment(appended.seqs.len() as u64);
-        }
-        // The post-commit publish runs in its own task: a caller that hangs
-        // up (hyper then drops this future) must not cancel it, or the
-        // committed message would reach subscribers only through the
-        // gateways' catch-up. The answer still waits for it, so a publisher
-        // that reads its answer knows the bus has the message.
-        let task = tokio::spawn(publish_committed(
-            self.bus.clone(),
+        // Commit and publish run in their own task, and this future only
+        // waits for it: a caller that hangs up (hyper then drops this
+        // future) cancels neither the commit in flight nor the bus publish
+        // after it, or a committed message would reach subscribers only
+        // through the gateways' catch-up. The answer still waits for both,
+        // so a publisher that reads its answer knows the bus has the
+        // message.
+        let task = tokio::spawn(commit_and_publish(
             self.store.clone(),
-            appended.clone(),
-            input.from,
-            input.data,
+            self.bus.clone(),
+            input,
         ));
-        let _ = task.await;
-        Ok(appended)
+        match task.await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "publish task failed");
+                Err(IngestError::new(ErrorCode::Internal, "internal error"))
+            }
+        }
     }
 
     /// Fans a signal out on the bus; never stored (DESIGN.md guarantee 7).

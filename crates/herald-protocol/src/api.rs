@@ -56,10 +56,15 @@ pub fn percent_decode(s: &str, query: bool) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        let hex = (b[i] == b'%' && i + 2 < b.len())
-            .then(|| std::str::from_utf8(&b[i + 1..i + 3]).ok())
-            .flatten()
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        // Two hex digits, nothing else (`from_str_radix` alone takes a
+        // leading `+`: found by fuzzing).
+        let hex = (b[i] == b'%'
+            && i + 2 < b.len()
+            && b[i + 1].is_ascii_hexdigit()
+            && b[i + 2].is_ascii_hexdigit())
+        .then(|| std::str::from_utf8(&b[i + 1..i + 3]).ok())
+        .flatten()
+        .and_then(|h| u8::from_str_radix(h, 16).ok());
         match (b[i], hex) {
             (_, Some(v)) => {
                 out.push(v);

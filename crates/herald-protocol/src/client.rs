@@ -123,6 +123,8 @@ struct Fields {
     data: Option<Bytes>,
     /// Set when MessagePack `data` had no JSON form.
     data_error: Option<&'static str>,
+    /// The first known field whose value has no `serde_json::Value` form.
+    unreadable: Option<&'static str>,
 }
 
 /// Decodes one request frame of the given encoding.
@@ -140,12 +142,18 @@ pub fn decode_request(
 
 #[derive(serde::Deserialize)]
 struct RawJsonFrame<'a> {
-    op: Option<Value>,
-    id: Option<Value>,
-    channel: Option<Value>,
-    since: Option<Value>,
-    token: Option<Value>,
-    key: Option<Value>,
+    #[serde(borrow, default)]
+    op: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    channel: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    since: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    token: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    key: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     data: Option<&'a RawValue>,
 }
@@ -156,22 +164,49 @@ pub fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de Raw
     <&RawValue as serde::Deserialize>::deserialize(d).map(Some)
 }
 
+impl Fields {
+    /// Records a known field whose value has no `serde_json::Value` form (a
+    /// number beyond f64, nesting past 128 levels; in MessagePack binary,
+    /// extension types, NaN): the request is a `bad_request` naming it,
+    /// with the frame's id, whatever the op. (Read as `null` it would have
+    /// passed for an absent optional field: found by fuzzing.)
+    fn unreadable(&mut self, name: &'static str) -> Option<Value> {
+        self.unreadable.get_or_insert(name);
+        None
+    }
+
+    /// One field of a JSON frame as a value; `null` is absent.
+    fn json(&mut self, name: &'static str, raw: Option<&RawValue>) -> Option<Value> {
+        match serde_json::from_str::<Value>(raw?.get()) {
+            Ok(Value::Null) => None,
+            Ok(v) => Some(v),
+            Err(_) => self.unreadable(name),
+        }
+    }
+}
+
 fn json_fields(payload: &[u8]) -> Result<Fields, RequestError> {
+    let not_object =
+        || RequestError::new(None, ErrorCode::BadRequest, "frame is not a JSON object");
+    // serde's derived Deserialize also reads a struct from a sequence of
+    // its fields: only an object is a request (found by fuzzing).
+    if payload.trim_ascii_start().first() != Some(&b'{') {
+        return Err(not_object());
+    }
     // A frame that is not one JSON object is a bad request with no id.
-    let raw: RawJsonFrame<'_> = serde_json::from_slice(payload).map_err(|_| {
-        RequestError::new(None, ErrorCode::BadRequest, "frame is not a JSON object")
-    })?;
-    Ok(Fields {
-        op: raw.op,
-        id: raw.id,
-        channel: raw.channel,
-        since: raw.since,
-        token: raw.token,
-        key: raw.key,
+    let raw: RawJsonFrame<'_> = serde_json::from_slice(payload).map_err(|_| not_object())?;
+    let mut f = Fields {
         // `"data": null` is a present null value, unlike a missing field.
         data: raw.data.map(|d| Bytes::copy_from_slice(d.get().as_bytes())),
-        data_error: None,
-    })
+        ..Fields::default()
+    };
+    f.op = f.json("op", raw.op);
+    f.id = f.json("id", raw.id);
+    f.channel = f.json("channel", raw.channel);
+    f.since = f.json("since", raw.since);
+    f.token = f.json("token", raw.token);
+    f.key = f.json("key", raw.key);
+    Ok(f)
 }
 
 fn msgpack_fields(payload: &[u8]) -> Result<Fields, RequestError> {
@@ -199,16 +234,16 @@ fn msgpack_fields(payload: &[u8]) -> Result<Fields, RequestError> {
         let Some(k) = k.as_str().map(str::to_owned) else {
             continue;
         };
-        let slot = match k.as_str() {
-            "op" => &mut f.op,
-            "id" => &mut f.id,
-            "channel" => &mut f.channel,
-            "since" => &mut f.since,
-            "token" => &mut f.token,
-            "key" => &mut f.key,
+        let name: &'static str = match k.as_str() {
+            "op" => "op",
+            "id" => "id",
+            "channel" => "channel",
+            "since" => "since",
+            "token" => "token",
+            "key" => "key",
             "data" => {
-                match msgpack_to_json(v) {
-                    Ok(j) => f.data = Some(JsonData::from_value(&j).bytes().clone()),
+                match msgpack_to_json(v).and_then(|j| JsonData::try_from_value(&j)) {
+                    Ok(d) => f.data = Some(d.bytes().clone()),
                     Err(e) => {
                         f.data_error = Some(match e {
                             crate::DataError::NotJson(w) => w,
@@ -222,7 +257,20 @@ fn msgpack_fields(payload: &[u8]) -> Result<Fields, RequestError> {
         };
         // Other fields only hold scalars; anything without a JSON form is
         // a wrong type, caught below as a bad request.
-        *slot = Some(msgpack_to_json(v).unwrap_or(Value::Null));
+        let value = match msgpack_to_json(v) {
+            Ok(Value::Null) => None,
+            Ok(j) => Some(j),
+            Err(_) => f.unreadable(name),
+        };
+        let slot = match name {
+            "op" => &mut f.op,
+            "id" => &mut f.id,
+            "channel" => &mut f.channel,
+            "since" => &mut f.since,
+            "token" => &mut f.token,
+            _ => &mut f.key,
+        };
+        *slot = value;
     }
     Ok(f)
 }
@@ -240,6 +288,11 @@ fn check(f: Fields, limits: DecodeLimits) -> Result<Request, RequestError> {
         ));
     };
     let bad = |m: &str| RequestError::new(Some(id), ErrorCode::BadRequest, m);
+    if let Some(name) = f.unreadable {
+        return Err(bad(&format!(
+            "{name} has no readable value (a number out of range, or nested too deep)"
+        )));
+    }
     let op = match f.op {
         Some(Value::String(s)) => s,
         Some(_) => return Err(bad("op must be a string")),

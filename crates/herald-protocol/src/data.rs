@@ -23,17 +23,29 @@ pub enum DataError {
 }
 
 impl JsonData {
-    /// Validates `text` as one JSON value.
+    /// Validates `text` as one JSON value that a `serde_json::Value` can
+    /// hold: numbers within f64's range, nesting within serde_json's 128
+    /// levels. Valid JSON text beyond those (`1e400`, 200 nested arrays)
+    /// could not be transcoded for MessagePack subscribers later (found by
+    /// fuzzing, docs/fuzzing.md), so it is refused here, at the edge.
     pub fn from_json_text(text: Bytes) -> Result<Self, DataError> {
-        serde_json::from_slice::<&RawValue>(&text).map_err(|_| DataError::Invalid)?;
+        serde_json::from_slice::<Checked>(&text).map_err(|_| DataError::Invalid)?;
         Ok(Self(text))
     }
 
-    /// Serializes a JSON value.
+    /// Serializes a JSON value built by herald itself (not from input:
+    /// see [`JsonData::try_from_value`]).
     pub fn from_value(v: &serde_json::Value) -> Self {
         Self(Bytes::from(
             serde_json::to_vec(v).expect("a serde_json::Value always serializes"),
         ))
+    }
+
+    /// Serializes a JSON value from input, checked like
+    /// [`JsonData::from_json_text`]: a value nested deeper than 128 levels
+    /// serializes but cannot be read back.
+    pub fn try_from_value(v: &serde_json::Value) -> Result<Self, DataError> {
+        Self::from_json_text(Self::from_value(v).0)
     }
 
     /// The JSON text.
@@ -89,11 +101,97 @@ impl<'de> serde::Deserialize<'de> for JsonData {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         if d.is_human_readable() {
             let raw = Box::<RawValue>::deserialize(d)?;
-            Ok(Self(Bytes::from(String::from(Box::<str>::from(raw)))))
+            Self::from_json_text(Bytes::from(String::from(Box::<str>::from(raw))))
+                .map_err(serde::de::Error::custom)
         } else {
             let v = serde_json::Value::deserialize(d)?;
-            Ok(Self::from_value(&v))
+            Self::try_from_value(&v).map_err(serde::de::Error::custom)
         }
+    }
+}
+
+/// Deepest nesting of arrays and objects accepted in `data` (herald's
+/// limit, docs/protocol-notes.md). serde_json refuses more than 128 levels
+/// in a whole document; `data` sits inside a frame, so it keeps a margin
+/// that any client's parser of the frame can take.
+pub const MAX_DATA_DEPTH: usize = 64;
+
+/// Walks a JSON value through `deserialize_any`, holding nothing: serde_json
+/// then applies the rules a `serde_json::Value` parse does (numbers within
+/// f64) without building the value, and the depth is counted against
+/// [`MAX_DATA_DEPTH`]. (`IgnoredAny` takes serde_json's skipping path,
+/// which checks neither.)
+struct Checked;
+
+impl<'de> serde::Deserialize<'de> for Checked {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(CheckedVisitor { depth: 0 })
+    }
+}
+
+#[derive(Clone, Copy)]
+struct CheckedVisitor {
+    depth: usize,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for CheckedVisitor {
+    type Value = Checked;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Checked, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl CheckedVisitor {
+    fn inner<E: serde::de::Error>(self) -> Result<Self, E> {
+        if self.depth >= MAX_DATA_DEPTH {
+            return Err(E::custom("nested too deep"));
+        }
+        Ok(Self {
+            depth: self.depth + 1,
+        })
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for CheckedVisitor {
+    type Value = Checked;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Checked, E> {
+        if v.is_finite() {
+            Ok(Checked)
+        } else {
+            Err(E::custom("number out of range"))
+        }
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_unit<E>(self) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Checked, A::Error> {
+        let inner = self.inner()?;
+        while a.next_element_seed(inner)?.is_some() {}
+        Ok(Checked)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<Checked, A::Error> {
+        let inner = self.inner()?;
+        while a.next_key::<serde::de::IgnoredAny>()?.is_some() {
+            a.next_value_seed(inner)?;
+        }
+        Ok(Checked)
     }
 }
 

@@ -11,6 +11,8 @@
 //! - [`redis`]: the private [`RedisServer`].
 //! - [`nginx`]: a private [`Nginx`] load balancer in front of gateways.
 //! - [`cluster`]: a private Redis Cluster (`cluster::RedisCluster`).
+//! - [`proxy`]: a fault-injecting TCP forwarder ([`proxy::Proxy`]: freeze,
+//!   partition, sever, down) to put between a client and a private server.
 //! - [`herald`]: the binary ([`herald_bin`]) run as a [`HeraldProcess`]
 //!   configured by [`HeraldOptions`].
 //! - `child.rs`: finding binaries, signalling and reaping children by PID,
@@ -33,6 +35,7 @@ pub mod cluster;
 pub mod herald;
 pub mod nginx;
 pub mod postgres;
+pub mod proxy;
 pub mod redis;
 
 pub use herald::{HeraldOptions, HeraldProcess, herald_bin};

@@ -3,25 +3,29 @@
 //! (publish, presence, ping) and one subscriber connection per attachment.
 //!
 //! Invariants: every request is bounded by [`RESPONSE_TIMEOUT`] (also the
-//! wait for a reconnect), so a dead Redis turns into an error, never a hang.
+//! wait for a reconnect), so a dead Redis turns into an error, never a hang;
+//! each failure says whether it condemns the link ([`Failure::link`]: a
+//! timeout, an I/O error) or is Redis answering (an error reply), which the
+//! owners' health watch ([`super::watched`]) counts. Every socket gets TCP
+//! keepalive and `TCP_USER_TIMEOUT` ([`tcp_settings`]) as a second line of
+//! defence against half-open links behind the PINGs.
 //! Cluster mode uses sharded pub/sub only (SPUBLISH/SSUBSCRIBE, one command
 //! per channel: channels of one command must share a slot, else `CrossSlot`).
 //! Nothing here keeps subscription state: the attachment's wanted set does.
 
 use crate::BusError;
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::aio::{AsyncPushSender, ConnectionManager, ConnectionManagerConfig};
 use ::redis::cluster::ClusterClientBuilder;
 use ::redis::cluster_async::ClusterConnection;
-use ::redis::io::tcp::TcpSettings;
+use ::redis::io::tcp::{TcpSettings, socket2::TcpKeepalive};
 use ::redis::{
-    Client, Cmd, ConnectionInfo, FromRedisValue, IntoConnectionInfo, ProtocolVersion, PushInfo,
-    Value,
+    Client, Cmd, ConnectionInfo, ErrorKind, FromRedisValue, IntoConnectionInfo, ProtocolVersion,
+    RedisError, Value,
 };
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 use std::future::Future;
 use std::time::Duration;
-use tokio::sync::mpsc::UnboundedSender;
 
 /// Bound of one request to Redis, the wait for a reconnect included.
 pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -31,6 +35,17 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const ESTABLISH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest pause between two reconnect attempts of a ConnectionManager.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
+/// Idle time before the kernel's first keepalive probe.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+/// Between two keepalive probes.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// Unanswered keepalive probes before the kernel drops the socket.
+const KEEPALIVE_RETRIES: u32 = 3;
+/// Data unacknowledged this long makes the kernel drop the socket
+/// (`TCP_USER_TIMEOUT`, Linux). It also caps the keepalive path above: a
+/// silent peer costs a socket at most ~20 s even with no PING watch.
+#[cfg(any(target_os = "linux", target_os = "android", target_os = "fuchsia"))]
+const USER_TIMEOUT: Duration = Duration::from_secs(20);
 /// Channels per SUBSCRIBE/UNSUBSCRIBE command on a single Redis.
 const SUBSCRIBE_BATCH: usize = 500;
 /// SSUBSCRIBE/SUNSUBSCRIBE commands in flight at once on a cluster.
@@ -77,7 +92,23 @@ fn connection_info(url: &str) -> Result<ConnectionInfo, BusError> {
     let info = url
         .into_connection_info()
         .map_err(|e| BusError::Unavailable(format!("invalid redis url: {e}")))?;
-    Ok(info.set_tcp_settings(TcpSettings::default().set_nodelay(true)))
+    Ok(info.set_tcp_settings(tcp_settings()))
+}
+
+/// The TCP options of every Redis socket (single and cluster): no Nagle
+/// delay (small commands), keepalive probes and `TCP_USER_TIMEOUT`, so the
+/// kernel also closes a link to a host that vanished without RST (the PING
+/// watch notices within seconds; this bounds it when nothing is sent).
+pub(crate) fn tcp_settings() -> TcpSettings {
+    let settings = TcpSettings::default().set_nodelay(true).set_keepalive(
+        TcpKeepalive::new()
+            .with_time(KEEPALIVE_IDLE)
+            .with_interval(KEEPALIVE_INTERVAL)
+            .with_retries(KEEPALIVE_RETRIES),
+    );
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "fuchsia"))]
+    let settings = settings.set_user_timeout(USER_TIMEOUT);
+    settings
 }
 
 /// `info` speaking RESP3 (pushes on the same connection; needed to
@@ -90,21 +121,53 @@ fn resp3(info: &ConnectionInfo) -> ConnectionInfo {
     info.clone().set_redis_settings(redis)
 }
 
-fn unavailable(e: ::redis::RedisError) -> BusError {
-    BusError::Unavailable(e.to_string())
+/// A failed Redis request: the error for the caller, and whether it says
+/// the link itself is bad (no answer in time, an I/O error, no connection
+/// to a cluster node) rather than Redis answering with an error.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    /// What the caller gets.
+    pub(crate) error: BusError,
+    /// Counts toward the owner's rebuild threshold.
+    pub(crate) link: bool,
 }
 
-/// Runs `f` within `bound`; a timeout is an `Unavailable` error.
+impl From<Failure> for BusError {
+    fn from(f: Failure) -> BusError {
+        f.error
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+fn unavailable(e: RedisError) -> Failure {
+    // A response timeout of redis-rs is an I/O error (`TimedOut`).
+    let link = matches!(
+        e.kind(),
+        ErrorKind::Io | ErrorKind::ClusterConnectionNotFound
+    );
+    Failure {
+        error: BusError::Unavailable(e.to_string()),
+        link,
+    }
+}
+
+/// Runs `f` within `bound`; a timeout is an `Unavailable` link failure.
 pub(crate) async fn bounded<T>(
     bound: Duration,
     what: &str,
-    f: impl Future<Output = Result<T, BusError>>,
-) -> Result<T, BusError> {
+    f: impl Future<Output = Result<T, Failure>>,
+) -> Result<T, Failure> {
     match tokio::time::timeout(bound, f).await {
         Ok(r) => r,
-        Err(_) => Err(BusError::Unavailable(format!(
-            "redis {what} timed out after {bound:?}"
-        ))),
+        Err(_) => Err(Failure {
+            error: BusError::Unavailable(format!("redis {what} timed out after {bound:?}")),
+            link: true,
+        }),
     }
 }
 
@@ -119,9 +182,9 @@ pub(crate) enum Conn {
 }
 
 impl Conn {
-    /// The shared command connection: publish, presence, ping. Fails when
-    /// Redis does not answer within the establish bound.
-    pub(crate) async fn connect(ep: &Endpoint) -> Result<Conn, BusError> {
+    /// A command connection: publish, presence, ping. Fails when Redis does
+    /// not answer within the establish bound.
+    pub(crate) async fn connect(ep: &Endpoint) -> Result<Conn, Failure> {
         bounded(ESTABLISH_TIMEOUT, "connect", async {
             match ep {
                 Endpoint::Single(info) => {
@@ -147,13 +210,13 @@ impl Conn {
     }
 
     /// A subscriber connection: RESP3, every push (messages, subscription
-    /// confirmations, `Disconnection`) handed to `pushes` without blocking.
-    /// Automatic resubscription stays off on a single Redis: the
+    /// confirmations, `Disconnection`) handed to `pushes`, which must not
+    /// block. Automatic resubscription stays off on a single Redis: the
     /// attachment re-subscribes its wanted set itself (CRATES.md pitfalls).
     pub(crate) async fn connect_subscriber(
         ep: &Endpoint,
-        pushes: UnboundedSender<PushInfo>,
-    ) -> Result<Conn, BusError> {
+        pushes: impl AsyncPushSender,
+    ) -> Result<Conn, Failure> {
         bounded(ESTABLISH_TIMEOUT, "connect", async {
             match ep {
                 Endpoint::Single(info) => {
@@ -182,9 +245,20 @@ impl Conn {
         .await
     }
 
-    /// Sends one command and reads its reply (bounded).
-    pub(crate) async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, BusError> {
-        bounded(RESPONSE_TIMEOUT, "request", async {
+    /// Sends one command and reads its reply (bounded by
+    /// [`RESPONSE_TIMEOUT`]).
+    pub(crate) async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, Failure> {
+        self.query_within(RESPONSE_TIMEOUT, cmd).await
+    }
+
+    /// Sends one command and reads its reply within `bound` (at most the
+    /// connection's own response timeout, [`RESPONSE_TIMEOUT`]).
+    async fn query_within<T: FromRedisValue>(
+        &self,
+        bound: Duration,
+        cmd: &Cmd,
+    ) -> Result<T, Failure> {
+        bounded(bound, "request", async {
             match self.clone() {
                 Conn::Single(mut c) => cmd.query_async(&mut c).await.map_err(unavailable),
                 Conn::Cluster(mut c) => cmd.query_async(&mut c).await.map_err(unavailable),
@@ -193,17 +267,19 @@ impl Conn {
         .await
     }
 
-    /// PING (on a cluster: every primary). Also what makes a
+    /// PING within `bound` (on a cluster: every primary). Also what makes a
     /// ConnectionManager that gave up reconnecting try again.
-    pub(crate) async fn ping(&self) -> Result<(), BusError> {
-        self.query::<Value>(&::redis::cmd("PING")).await.map(|_| ())
+    pub(crate) async fn ping(&self, bound: Duration) -> Result<(), Failure> {
+        self.query_within::<Value>(bound, &::redis::cmd("PING"))
+            .await
+            .map(|_| ())
     }
 
     /// Subscribes to Redis channels; returns once Redis confirmed every one
     /// of them. Single Redis: one SUBSCRIBE per batch of channels. Cluster:
     /// one SSUBSCRIBE per channel (several in flight), routed to the
     /// channel's shard. On error some channels may be subscribed, others not.
-    pub(crate) async fn subscribe(&self, names: &[String]) -> Result<(), BusError> {
+    pub(crate) async fn subscribe(&self, names: &[String]) -> Result<(), Failure> {
         match self {
             Conn::Single(cm) => {
                 for batch in names.chunks(SUBSCRIBE_BATCH) {
@@ -220,7 +296,7 @@ impl Conn {
     }
 
     /// Unsubscribes from Redis channels (confirmed, like [`Conn::subscribe`]).
-    pub(crate) async fn unsubscribe(&self, names: &[String]) -> Result<(), BusError> {
+    pub(crate) async fn unsubscribe(&self, names: &[String]) -> Result<(), Failure> {
         match self {
             Conn::Single(cm) => {
                 for batch in names.chunks(SUBSCRIBE_BATCH) {
@@ -247,12 +323,8 @@ enum Sharded {
 /// each bounded by [`RESPONSE_TIMEOUT`]; tries every channel and returns
 /// the first error. (Owned, boxed futures: a closure borrowing `names`
 /// trips the `Send` check of the async-trait futures.)
-async fn per_channel(
-    cc: &ClusterConnection,
-    names: &[String],
-    op: Sharded,
-) -> Result<(), BusError> {
-    let calls: Vec<BoxFuture<'static, Result<(), BusError>>> = names
+async fn per_channel(cc: &ClusterConnection, names: &[String], op: Sharded) -> Result<(), Failure> {
+    let calls: Vec<BoxFuture<'static, Result<(), Failure>>> = names
         .iter()
         .map(|name| {
             let mut cc = cc.clone();
@@ -270,7 +342,7 @@ async fn per_channel(
             .boxed()
         })
         .collect();
-    let results: Vec<Result<(), BusError>> = futures_util::stream::iter(calls)
+    let results: Vec<Result<(), Failure>> = futures_util::stream::iter(calls)
         .buffer_unordered(CLUSTER_SUBSCRIBE_CONCURRENCY)
         .collect()
         .await;
@@ -288,7 +360,7 @@ fn cluster_builder(seeds: Vec<ConnectionInfo>) -> ClusterClientBuilder {
     ClusterClientBuilder::new(seeds)
         .connection_timeout(CONNECT_TIMEOUT)
         .response_timeout(RESPONSE_TIMEOUT)
-        .tcp_settings(TcpSettings::default().set_nodelay(true))
+        .tcp_settings(tcp_settings())
 }
 
 #[cfg(test)]
@@ -321,5 +393,30 @@ mod tests {
             ProtocolVersion::RESP3
         );
         assert!(resp3(&info).tcp_settings().nodelay());
+    }
+
+    #[test]
+    fn every_socket_gets_keepalive_and_user_timeout() {
+        let Endpoint::Single(info) = Endpoint::parse("redis://127.0.0.1:6379").unwrap() else {
+            panic!("single");
+        };
+        let tcp = info.tcp_settings();
+        assert!(tcp.nodelay());
+        assert!(tcp.keepalive().is_some());
+        #[cfg(target_os = "linux")]
+        assert_eq!(tcp.user_timeout(), Some(USER_TIMEOUT));
+    }
+
+    #[test]
+    fn only_link_errors_condemn_the_link() {
+        let io: RedisError =
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "response timed out").into();
+        assert!(unavailable(io).link);
+        let reply: RedisError = (
+            ErrorKind::Server(::redis::ServerErrorKind::ResponseError),
+            "ERR x",
+        )
+            .into();
+        assert!(!unavailable(reply).link);
     }
 }

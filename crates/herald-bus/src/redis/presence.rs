@@ -15,7 +15,9 @@
 //! sweeps leaves no garbage. Best effort and never stored (DESIGN.md
 //! guarantee 7).
 
-use super::conn::{Conn, Endpoint};
+use super::Health;
+use super::command::CommandConn;
+use super::conn::Endpoint;
 use crate::{BusError, Presence};
 use async_trait::async_trait;
 use futures_util::future::BoxFuture;
@@ -116,8 +118,8 @@ const REFRESH_CONCURRENCY: usize = 16;
 /// Presence on Redis or Redis Cluster (see the module docs).
 #[derive(Clone)]
 pub struct RedisPresence {
-    /// Shared command connection.
-    conn: Conn,
+    /// Shared command connection (self-healing, see `command.rs`).
+    conn: CommandConn,
     /// Hash-tag the channel in key names (Redis Cluster).
     cluster: bool,
     /// Key prefix (the bus prefix).
@@ -140,20 +142,22 @@ impl RedisPresence {
     /// Connects to `url` (one Redis, or comma-separated cluster seeds), keys
     /// under `prefix`, entries expiring `ttl` after their last join or
     /// refresh (DESIGN.md `[presence] ttl`, default 30 s). Fails when Redis
-    /// does not answer.
+    /// does not answer. Its connection is watched and rebuilt like the bus's
+    /// (default [`super::RedisBusConfig`] health settings). Must run inside
+    /// a Tokio runtime.
     pub async fn connect(
         url: &str,
         prefix: &str,
         ttl: Duration,
     ) -> Result<RedisPresence, BusError> {
         let endpoint = Endpoint::parse(url)?;
-        let conn = Conn::connect(&endpoint).await?;
-        conn.ping().await?;
-        Ok(Self::with_conn(conn, endpoint.is_cluster(), prefix, ttl))
+        let cluster = endpoint.is_cluster();
+        let conn = CommandConn::connect(endpoint, Health::default()).await?;
+        Ok(Self::with_conn(conn, cluster, prefix, ttl))
     }
 
     pub(crate) fn with_conn(
-        conn: Conn,
+        conn: CommandConn,
         cluster: bool,
         prefix: &str,
         ttl: Duration,

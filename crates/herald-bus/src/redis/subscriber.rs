@@ -4,12 +4,21 @@
 //! Invariants:
 //! - ONE subscriber connection per attachment, opened on the first
 //!   [`BusSubscriber::subscribe`] and closed when the attachment drops.
+//!   It is PINGed every ping interval; `failures_before_rebuild`
+//!   consecutive link failures (PINGs or (re)subscribes, each bounded) mean
+//!   a half-open or dead link: it is dropped and a new one built (see
+//!   [`super::RedisBusConfig`] for the detection bound), since redis-rs
+//!   reconnects on I/O errors only and a silent socket raises none.
 //! - The wanted set is the source of truth. Redis's view is repaired from it
-//!   after every lost connection (`Disconnection` push, a shard dropping a
-//!   channel), never trusted to come back by itself (CRATES.md: the
-//!   library's automatic resubscription is unreliable on a cluster, and a
-//!   ConnectionManager stops reconnecting after its retries). Only envelopes
-//!   of wanted channels reach the handler.
+//!   after every lost or rebuilt connection (`Disconnection` push, a shard
+//!   dropping a channel, a connection dropped as dead), never trusted to
+//!   come back by itself (CRATES.md: the library's automatic resubscription
+//!   is unreliable on a cluster, and a ConnectionManager stops reconnecting
+//!   after its retries); each repair ends with `on_reconnect`. Only
+//!   envelopes of wanted channels reach the handler.
+//! - Pushes carry their connection's generation: a `Disconnection` or
+//!   `SUnsubscribe` from a replaced connection triggers nothing (messages it
+//!   still delivers pass the wanted-set filter like any other).
 //! - The push sender never blocks: pushes go through an unbounded channel to
 //!   the push task, which decodes and calls the handler (which itself must
 //!   not block, see [`BusHandler`]).
@@ -19,7 +28,9 @@
 //! Must not: hold the wanted-set lock across an await; panic on anything
 //! Redis sends.
 
-use super::conn::{Conn, Endpoint};
+use super::Health;
+use super::conn::{Conn, Endpoint, Failure};
+use super::watched::{Role, Watched};
 use crate::{BusError, BusHandler, BusSubscriber, metrics};
 use ::redis::{PushInfo, PushKind, Value};
 use async_trait::async_trait;
@@ -29,13 +40,16 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
+use tokio::sync::Notify;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
-use tokio::sync::{Notify, OnceCell};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 /// Pushes handled per wake-up of the push task.
 const PUSH_BATCH: usize = 256;
+
+/// A push and the generation of the connection it came from.
+type Push = (u64, PushInfo);
 
 /// One attachment of [`super::RedisBus`] (see the module docs).
 pub struct RedisSubscriber {
@@ -48,18 +62,21 @@ pub struct RedisSubscriber {
     /// The channels this node wants (std Mutex: never held across an await).
     wanted: Mutex<HashSet<ChannelName>>,
     /// The subscriber connection, opened by the first subscribe (retried
-    /// by the next one when it fails).
-    conn: OnceCell<Conn>,
+    /// by the next one when it fails), dropped when it stops answering and
+    /// then rebuilt by the maintenance task.
+    conn: Watched,
+    /// PING pace and bound.
+    health: Health,
     /// Serialises changes of Redis's subscription state (subscribe,
     /// unsubscribe, resubscribe), so Redis applies them in the order the
     /// wanted set did. A tokio Mutex because it is held across the Redis
     /// round trip; callers batch (DESIGN.md: subscribe/unsubscribe batched).
     ops: tokio::sync::Mutex<()>,
-    /// Sender half handed to the connection; kept so a failed first
-    /// connect can be retried with a clone.
-    pushes: UnboundedSender<PushInfo>,
-    /// The connection was lost: the wanted set must be re-subscribed, then
-    /// the handler told (`on_reconnect`).
+    /// Sender half handed (tagged with the generation) to each connection.
+    pushes: UnboundedSender<Push>,
+    /// The connection was lost (or dropped as dead: then a new one must be
+    /// built first): the wanted set must be re-subscribed, then the handler
+    /// told (`on_reconnect`).
     resync: AtomicBool,
     /// Set once a resubscribe attempt failed, so an outage warns once.
     resync_failing: AtomicBool,
@@ -76,7 +93,7 @@ impl RedisSubscriber {
         rt: &tokio::runtime::Handle,
         endpoint: Endpoint,
         prefix: Arc<str>,
-        ping_interval: Duration,
+        health: Health,
         handler: Arc<dyn BusHandler>,
     ) -> Arc<RedisSubscriber> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -85,7 +102,8 @@ impl RedisSubscriber {
             endpoint,
             prefix,
             wanted: Mutex::new(HashSet::new()),
-            conn: OnceCell::new(),
+            conn: Watched::new(Role::Subscriber, health.max_failures),
+            health,
             ops: tokio::sync::Mutex::new(()),
             pushes: tx,
             resync: AtomicBool::new(false),
@@ -98,7 +116,7 @@ impl RedisSubscriber {
             Arc::downgrade(&sub),
             sub.wake.clone(),
             sub.stop.clone(),
-            ping_interval,
+            health.ping_interval,
         ));
         sub
     }
@@ -111,11 +129,28 @@ impl RedisSubscriber {
         self.wanted.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The subscriber connection, opened on first use.
-    async fn connection(&self) -> Result<&Conn, BusError> {
-        self.conn
-            .get_or_try_init(|| Conn::connect_subscriber(&self.endpoint, self.pushes.clone()))
-            .await
+    /// The subscriber connection and its generation, opened if there is
+    /// none (first use, or dropped as dead). Callers hold `ops`, so one
+    /// connection is built at a time.
+    async fn connection(&self) -> Result<(Conn, u64), BusError> {
+        if let Some(current) = self.conn.current() {
+            return Ok(current);
+        }
+        let generation = self.conn.next_generation();
+        let tx = self.pushes.clone();
+        let conn =
+            Conn::connect_subscriber(&self.endpoint, move |p: PushInfo| tx.send((generation, p)))
+                .await?;
+        self.conn.install(generation, conn.clone());
+        Ok((conn, generation))
+    }
+
+    /// Records a request's outcome on connection `generation`; when it
+    /// condemns the connection, a rebuild and resync is due.
+    fn observe<T>(&self, generation: u64, outcome: &Result<T, Failure>) {
+        if self.conn.observe(generation, outcome) {
+            self.request_resync();
+        }
     }
 
     fn request_resync(&self) {
@@ -123,18 +158,19 @@ impl RedisSubscriber {
         self.wake.notify_one();
     }
 
-    /// Handles one push from the subscriber connection.
-    fn on_push(&self, push: PushInfo) {
+    /// Handles one push from subscriber connection `generation`.
+    fn on_push(&self, generation: u64, push: PushInfo) {
         match push.kind {
             PushKind::Message | PushKind::SMessage => self.on_message(push.data),
-            PushKind::Disconnection => {
+            // A replaced connection going away is expected.
+            PushKind::Disconnection if self.conn.is_current(generation) => {
                 debug!("bus subscriber connection lost");
                 self.request_resync();
             }
             // A shard drops sharded subscriptions when its slot moves (or on
             // failover); our own SUNSUBSCRIBE confirmations come here too,
             // but those channels already left the wanted set.
-            PushKind::SUnsubscribe => {
+            PushKind::SUnsubscribe if self.conn.is_current(generation) => {
                 if let Some(ch) = push.data.first().and_then(|v| self.channel_of(v))
                     && self.wanted().contains(&ch)
                 {
@@ -190,41 +226,59 @@ impl RedisSubscriber {
     }
 
     /// Runs on every tick and wake-up of the maintenance task: re-subscribes
-    /// after a lost connection (then tells the handler), otherwise PINGs so
-    /// a ConnectionManager that gave up reconnects to a restarted Redis.
+    /// after a lost connection, on a new one if it was dropped as dead (then
+    /// tells the handler), otherwise PINGs: failed PINGs condemn a silent
+    /// connection, and a PING makes a ConnectionManager that gave up
+    /// reconnect to a restarted Redis.
     async fn maintain(&self) {
-        let Some(conn) = self.conn.get() else {
-            return; // never subscribed: no connection to keep alive
-        };
-        if self.resync.swap(false, Ordering::AcqRel) {
-            match self.resubscribe_all(conn).await {
-                Ok(n) => {
-                    self.resync_failing.store(false, Ordering::Relaxed);
-                    metrics::resubscribes().increment(1);
-                    info!(channels = n, "bus re-subscribed after a lost connection");
-                    // DESIGN.md guarantee 3: what was published meanwhile
-                    // may be lost; the gateway catches up from history.
-                    self.handler.on_reconnect();
+        let resync = self.resync.swap(false, Ordering::AcqRel);
+        match self.conn.current() {
+            // Never subscribed (or the first connect failed: the next
+            // subscribe retries): no connection to keep alive.
+            None if !resync => {}
+            Some((conn, generation)) if !resync => {
+                let outcome = conn.ping(self.health.ping_timeout).await;
+                if let Err(e) = &outcome {
+                    debug!(error = %e, "bus subscriber ping failed");
                 }
-                Err(e) => {
-                    self.resync.store(true, Ordering::Release);
-                    if self.resync_failing.swap(true, Ordering::Relaxed) {
-                        debug!(error = %e, "bus re-subscribe failed again; retrying");
-                    } else {
-                        warn!(error = %e, "bus re-subscribe failed; retrying every ping interval");
-                    }
-                }
+                self.observe(generation, &outcome);
             }
-        } else if let Err(e) = conn.ping().await {
-            debug!(error = %e, "bus subscriber ping failed");
+            _ => self.resync().await,
         }
     }
 
-    /// Subscribes the whole wanted set again (duplicates are harmless).
-    async fn resubscribe_all(&self, conn: &Conn) -> Result<usize, BusError> {
+    /// Re-subscribes the wanted set (on a new connection if needed) and
+    /// tells the handler; on failure, retries on the next tick.
+    async fn resync(&self) {
+        match self.resubscribe_all().await {
+            Ok(n) => {
+                self.resync_failing.store(false, Ordering::Relaxed);
+                metrics::resubscribes().increment(1);
+                info!(channels = n, "bus re-subscribed after a lost connection");
+                // DESIGN.md guarantee 3: what was published meanwhile
+                // may be lost; the gateway catches up from history.
+                self.handler.on_reconnect();
+            }
+            Err(e) => {
+                self.resync.store(true, Ordering::Release);
+                if self.resync_failing.swap(true, Ordering::Relaxed) {
+                    debug!(error = %e, "bus re-subscribe failed again; retrying");
+                } else {
+                    warn!(error = %e, "bus re-subscribe failed; retrying every ping interval");
+                }
+            }
+        }
+    }
+
+    /// Subscribes the whole wanted set again (duplicates are harmless), on
+    /// a new connection if the last one was dropped.
+    async fn resubscribe_all(&self) -> Result<usize, BusError> {
         let _ops = self.ops.lock().await;
+        let (conn, generation) = self.connection().await?;
         let names: Vec<String> = self.wanted().iter().map(|c| self.redis_name(c)).collect();
-        conn.subscribe(&names).await?;
+        let outcome = conn.subscribe(&names).await;
+        self.observe(generation, &outcome);
+        outcome?;
         Ok(names.len())
     }
 }
@@ -242,7 +296,7 @@ impl BusSubscriber for RedisSubscriber {
             return Ok(());
         }
         let _ops = self.ops.lock().await;
-        let conn = self.connection().await?;
+        let (conn, generation) = self.connection().await?;
         let mut seen = HashSet::with_capacity(channels.len());
         let mut added = Vec::new();
         let mut names = Vec::with_capacity(channels.len());
@@ -257,7 +311,9 @@ impl BusSubscriber for RedisSubscriber {
                 }
             }
         }
-        if let Err(e) = conn.subscribe(&names).await {
+        let outcome = conn.subscribe(&names).await;
+        self.observe(generation, &outcome);
+        if let Err(e) = outcome {
             // The caller gets an error and does not hold these channels: do
             // not resubscribe them later. Stray ones Redis did take are
             // filtered out and vanish with the next connection.
@@ -265,7 +321,7 @@ impl BusSubscriber for RedisSubscriber {
             for ch in &added {
                 wanted.remove(ch);
             }
-            return Err(e);
+            return Err(e.into());
         }
         Ok(())
     }
@@ -286,8 +342,12 @@ impl BusSubscriber for RedisSubscriber {
         // Delivery stops now (filtered by the wanted set) whatever Redis
         // answers; on error the stale Redis subscription lasts at most until
         // the connection is replaced.
-        match self.conn.get() {
-            Some(conn) => conn.unsubscribe(&names).await,
+        match self.conn.current() {
+            Some((conn, generation)) => {
+                let outcome = conn.unsubscribe(&names).await;
+                self.observe(generation, &outcome);
+                outcome.map_err(BusError::from)
+            }
             None => Ok(()),
         }
     }
@@ -296,7 +356,7 @@ impl BusSubscriber for RedisSubscriber {
 /// Drains the pushes of the subscriber connection into the attachment.
 async fn push_task(
     sub: Weak<RedisSubscriber>,
-    mut rx: UnboundedReceiver<PushInfo>,
+    mut rx: UnboundedReceiver<Push>,
     stop: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(PUSH_BATCH);
@@ -313,8 +373,8 @@ async fn push_task(
             s.request_resync();
             return;
         }
-        for push in batch.drain(..) {
-            s.on_push(push);
+        for (generation, push) in batch.drain(..) {
+            s.on_push(generation, push);
         }
     }
 }
