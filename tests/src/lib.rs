@@ -1364,6 +1364,333 @@ pub async fn run_herald(
     }
 }
 
+// ---------------------------------------------------------------------------
+// Hostile clients: raw HTTP, process memory, metrics (tests/tests/hostile.rs)
+// ---------------------------------------------------------------------------
+
+/// Resident memory of a process in bytes (`VmRSS` of `/proc/<pid>/status`);
+/// `None` when the process is gone or the line is missing.
+pub fn vm_rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// Bytes as MiB with one decimal, for `MEASURED:` lines.
+pub fn mib(bytes: u64) -> String {
+    // Display only: the precision of an f64 is plenty for a memory figure.
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// Samples a process's `VmRSS` in a background task and keeps the peak, so a
+/// test can check memory stayed bounded *while* it was attacking, not only
+/// afterwards. The task stops when [`RssWatch::stop`] is called or the value
+/// drops, and after at most 10 minutes in any case.
+#[derive(Debug)]
+pub struct RssWatch {
+    peak: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    samples: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl RssWatch {
+    /// Starts sampling `pid` every `every` (the first sample at once).
+    pub fn start(pid: u32, every: Duration) -> RssWatch {
+        use std::sync::atomic::Ordering;
+        let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let samples = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
+        let (p, s) = (peak.clone(), samples.clone());
+        let task = tokio::spawn(async move {
+            let until = tokio::time::Instant::now() + Duration::from_secs(600);
+            let mut tick = tokio::time::interval(every);
+            while tokio::time::Instant::now() < until {
+                tokio::select! {
+                    _ = &mut rx => return,
+                    _ = tick.tick() => {
+                        let Some(rss) = vm_rss_bytes(pid) else { return };
+                        p.fetch_max(rss, Ordering::Relaxed);
+                        s.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        });
+        RssWatch {
+            peak,
+            samples,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// The highest sample so far (0 before the first).
+    pub fn peak(&self) -> u64 {
+        self.peak.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Stops sampling; returns (peak bytes, number of samples).
+    pub async fn stop(mut self) -> (u64, u64) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(STEP, t).await;
+        }
+        (
+            self.peak(),
+            self.samples.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+}
+
+impl Drop for RssWatch {
+    fn drop(&mut self) {
+        if let Some(t) = &self.task {
+            t.abort();
+        }
+    }
+}
+
+/// Sum of a Prometheus metric's samples over all label sets in `/metrics`
+/// text; `None` when the metric has no sample.
+pub fn metric_sum(text: &str, name: &str) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        if !(rest.starts_with(' ') || rest.starts_with('{')) {
+            continue;
+        }
+        let v: f64 = line.rsplit(' ').next()?.parse().ok()?;
+        *found.get_or_insert(0.0) += v;
+    }
+    found
+}
+
+/// An HTTP answer read off a bare socket.
+#[derive(Debug, Clone)]
+pub struct RawHttpAnswer {
+    /// The status code of the status line.
+    pub status: u16,
+    /// Status line and headers, as text.
+    pub head: String,
+    /// The body (per `Content-Length`, else up to EOF; empty for 101).
+    pub body: Vec<u8>,
+}
+
+impl RawHttpAnswer {
+    /// The body as (lossy) text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A WebSocket upgrade request for 127.0.0.1:`port` with extra header lines
+/// (e.g. `("Origin", "https://a.example")`).
+pub fn upgrade_request(port: u16, path_and_query: &str, headers: &[(&str, &str)]) -> String {
+    let mut req = format!(
+        "GET {path_and_query} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n"
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req
+}
+
+/// Reads an HTTP answer's head (and, unless it is 101, its body) from
+/// `stream`; what follows a 101 head stays in the returned buffer. An error
+/// (saying what was read) on EOF, a failed read or a malformed status line.
+async fn read_http_answer(stream: &mut TcpStream) -> Result<(RawHttpAnswer, Vec<u8>), String> {
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) => {
+                return Err(format!(
+                    "closed before a complete answer head ({:?})",
+                    String::from_utf8_lossy(&buf)
+                ));
+            }
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => {
+                return Err(format!(
+                    "read failed before a complete answer head ({e}; got {:?})",
+                    String::from_utf8_lossy(&buf)
+                ));
+            }
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    let status: u16 = head
+        .strip_prefix("HTTP/1.1 ")
+        .or_else(|| head.strip_prefix("HTTP/1.0 "))
+        .and_then(|r| r.get(..3))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("malformed status line: {head:?}"))?;
+    let mut rest = buf.split_off(end);
+    if status == 101 {
+        return Ok((
+            RawHttpAnswer {
+                status,
+                head,
+                body: Vec::new(),
+            },
+            rest,
+        ));
+    }
+    let length = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| v.trim().parse::<usize>().ok())
+            .flatten()
+    });
+    // Bounded: a body is read up to its length, or to EOF but at most 1 MiB.
+    let want = length.unwrap_or(1 << 20);
+    while rest.len() < want {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => rest.extend_from_slice(&chunk[..n]),
+        }
+    }
+    rest.truncate(want);
+    Ok((
+        RawHttpAnswer {
+            status,
+            head,
+            body: rest,
+        },
+        Vec::new(),
+    ))
+}
+
+/// How a [`raw_http`] exchange ended without an HTTP answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawHttpEnd {
+    /// The server closed or reset the connection (what was seen).
+    Closed(String),
+    /// Neither an answer nor a close within the deadline.
+    TimedOut(Duration),
+}
+
+/// Sends `request` as it is on a fresh connection to 127.0.0.1:`port` and
+/// reads the HTTP answer within `timeout`. `Err` says what happened instead:
+/// a hostile request may legitimately be answered by a closed connection.
+pub async fn raw_http(
+    port: u16,
+    request: &[u8],
+    timeout: Duration,
+) -> Result<RawHttpAnswer, RawHttpEnd> {
+    let r = tokio::time::timeout(timeout, async {
+        let mut stream = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap_or_else(|e| panic!("TCP connect to 127.0.0.1:{port}: {e}"));
+        if let Err(e) = stream.write_all(request).await {
+            // The server may answer and close before taking the whole
+            // request: read what it said, if anything.
+            return match read_http_answer(&mut stream).await {
+                Ok((a, _)) => Ok(a),
+                Err(why) => Err(RawHttpEnd::Closed(format!(
+                    "write failed ({e}), then {why}"
+                ))),
+            };
+        }
+        read_http_answer(&mut stream)
+            .await
+            .map(|(a, _)| a)
+            .map_err(RawHttpEnd::Closed)
+    })
+    .await;
+    match r {
+        Ok(r) => r,
+        Err(_) => Err(RawHttpEnd::TimedOut(timeout)),
+    }
+}
+
+impl RawWs {
+    /// Like [`RawWs::connect`] with extra request header lines; `Err` with
+    /// the answer when the server does not upgrade (e.g. 403, 400). Panics
+    /// when the connection fails or no answer comes within [`STEP`].
+    pub async fn connect_with(
+        port: u16,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<RawWs, RawHttpAnswer> {
+        let req = upgrade_request(port, path_and_query, headers);
+        let (stream, answer, rest) = tokio::time::timeout(STEP, async {
+            let mut stream = TcpStream::connect(("127.0.0.1", port))
+                .await
+                .expect("TCP connect to herald");
+            stream
+                .write_all(req.as_bytes())
+                .await
+                .expect("writing the upgrade request");
+            let (answer, rest) = read_http_answer(&mut stream)
+                .await
+                .unwrap_or_else(|e| panic!("upgrade of {path_and_query}: {e}"));
+            (stream, answer, rest)
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no upgrade answer within {STEP:?}"));
+        if answer.status == 101 {
+            Ok(RawWs { stream, buf: rest })
+        } else {
+            Err(answer)
+        }
+    }
+
+    /// Writes bytes as they are; the error when the socket fails (the
+    /// server closed or reset the connection) or `timeout` passes.
+    pub async fn try_write_raw(&mut self, bytes: &[u8], timeout: Duration) -> std::io::Result<()> {
+        match tokio::time::timeout(timeout, self.stream.write_all(bytes)).await {
+            Ok(r) => r,
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("write of {} bytes blocked for {timeout:?}", bytes.len()),
+            )),
+        }
+    }
+
+    /// Reads and drops what the server sent, up to EOF, a failed read or
+    /// `timeout`; returns the first close frame's code if one was seen
+    /// (`Some(None)` for a close frame without a code), the data frames' JSON
+    /// and how the stream ended.
+    pub async fn drain_to_end(
+        &mut self,
+        timeout: Duration,
+    ) -> (Option<Option<u16>>, Vec<Value>, String) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut close = None;
+        let mut frames = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.read_frame(left).await {
+                Ok(Some(f)) if f.opcode == 8 => {
+                    close.get_or_insert(f.close_code());
+                }
+                Ok(Some(f)) => frames.extend(f.json()),
+                Ok(None) => return (close, frames, "EOF".into()),
+                Err(e) => return (close, frames, e.to_string()),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
