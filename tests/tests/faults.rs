@@ -993,7 +993,7 @@ async fn run_fault(w: Arc<World>, f: Planned, mut rng: Rng) -> FaultRec {
                     }
                 });
             }
-            sleep(rng.range_ms(5, 40)).await;
+            sleep(rng.range_ms(1, 15)).await;
             w.ingest_up[i].store(false, Ordering::SeqCst);
             tokio::task::block_in_place(|| p.kill());
             sleep(f.hold).await;
@@ -1391,6 +1391,10 @@ struct SubLog {
     events: Vec<(i64, String)>,
     conns: u64,
     closes: BTreeMap<String, u64>,
+    /// How connections ended besides a close frame: "reset", "silent"
+    /// (nothing, not even a ping, for [`LIVENESS`] from a gateway that was
+    /// up), "no reply", "connect failed".
+    ends: BTreeMap<&'static str, u64>,
     sub_errors: BTreeMap<String, u64>,
     recovered_false: u64,
     replayed: u64,
@@ -1419,6 +1423,12 @@ impl Sub {
 
     fn event(&self, what: String) {
         lock(&self.log).events.push((now_ms(), what));
+    }
+
+    fn ended(&self, how: &'static str, what: String) {
+        let mut l = lock(&self.log);
+        *l.ends.entry(how).or_default() += 1;
+        l.events.push((now_ms(), what));
     }
 
     fn anomaly(&self, what: String) {
@@ -1690,11 +1700,11 @@ async fn session(s: &Sub, w: &World, rng: &mut Rng, stop: &mut watch::Receiver<b
     {
         Ok(Ok((ws, _))) => ws,
         Ok(Err(e)) => {
-            s.event(format!("connect to gw-{gw} failed: {e}"));
+            s.ended("connect failed", format!("connect to gw-{gw} failed: {e}"));
             return After::Backoff;
         }
         Err(_) => {
-            s.event(format!("connect to gw-{gw} timed out"));
+            s.ended("connect failed", format!("connect to gw-{gw} timed out"));
             return After::Backoff;
         }
     };
@@ -1710,11 +1720,11 @@ async fn session(s: &Sub, w: &World, rng: &mut Rng, stop: &mut watch::Receiver<b
             Incoming::Control => {}
             Incoming::Close(c) => return s.on_close(c, "before welcome"),
             Incoming::End(e) => {
-                s.event(format!("ended before welcome: {e}"));
+                s.ended("reset", format!("ended before welcome: {e}"));
                 return After::Backoff;
             }
             Incoming::Silent => {
-                s.event("no welcome within 5 s".into());
+                s.ended("silent", format!("no welcome within {LIVENESS:?}"));
                 return After::Backoff;
             }
             Incoming::Bad(e) => {
@@ -1796,7 +1806,10 @@ async fn session(s: &Sub, w: &World, rng: &mut Rng, stop: &mut watch::Receiver<b
         if let Some(oldest) = pending.values().map(|p| p.2).min()
             && oldest.elapsed() > REPLY_TIMEOUT
         {
-            s.event(format!("no subscribe reply within {REPLY_TIMEOUT:?}"));
+            s.ended(
+                "no reply",
+                format!("no subscribe reply within {REPLY_TIMEOUT:?}"),
+            );
             return After::Backoff;
         }
         let retry_at = retries.iter().map(|r| r.0).min();
@@ -1847,11 +1860,15 @@ async fn session(s: &Sub, w: &World, rng: &mut Rng, stop: &mut watch::Receiver<b
                 Incoming::Control => {}
                 Incoming::Close(c) => return s.on_close(c, &format!("on connection {conn} (gw-{gw})")),
                 Incoming::End(e) => {
-                    s.event(format!("connection {conn} (gw-{gw}) ended: {e}"));
+                    s.ended("reset", format!("connection {conn} (gw-{gw}) ended: {e}"));
                     return After::Backoff;
                 }
                 Incoming::Silent => {
-                    s.event(format!("connection {conn} (gw-{gw}) silent for {LIVENESS:?}"));
+                    let up = w.gw_up[gw].load(Ordering::SeqCst);
+                    s.ended(
+                        if up { "silent" } else { "silent (gateway down)" },
+                        format!("connection {conn} (gw-{gw}) silent for {LIVENESS:?}"),
+                    );
                     return After::Backoff;
                 }
                 Incoming::Bad(e) => s.anomaly(e),
@@ -2544,6 +2561,7 @@ async fn run(seed: u64, count: usize) {
         *per_kind.entry(f.kind.name()).or_default() += 1;
     }
     let mut closes: BTreeMap<String, u64> = BTreeMap::new();
+    let mut ends: BTreeMap<&str, u64> = BTreeMap::new();
     let mut sub_errors: BTreeMap<String, u64> = BTreeMap::new();
     let (mut conns, mut replayed, mut slow_subscribes) = (0, 0, 0);
     let mut slowest_subscribe = Duration::ZERO;
@@ -2556,6 +2574,9 @@ async fn run(seed: u64, count: usize) {
         slowest_subscribe = slowest_subscribe.max(l.slowest_subscribe);
         for (k, v) in &l.closes {
             *closes.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &l.ends {
+            *ends.entry(k).or_default() += v;
         }
         for (k, v) in &l.sub_errors {
             *sub_errors.entry(k.clone()).or_default() += v;
@@ -2606,7 +2627,7 @@ async fn run(seed: u64, count: usize) {
         pubs.unacked_keys.len()
     );
     println!(
-        "deliveries: {} to {SUBSCRIBERS} subscribers ({} owed); {conns} connections, {replayed} replayed by recovery; closes {closes:?}; subscribe errors {sub_errors:?}",
+        "deliveries: {} to {SUBSCRIBERS} subscribers ({} owed); {conns} connections, {replayed} replayed by recovery; closes {closes:?}; other ends {ends:?}; subscribe errors {sub_errors:?}",
         fig.deliveries, fig.owed
     );
     println!(
