@@ -31,6 +31,9 @@ mod keys;
 mod mint;
 mod verify;
 
+#[cfg(test)]
+mod fuzz;
+
 pub use claims::{ConnClaims, GrantOp, Grants, MAX_INFO_BYTES};
 pub use error::AuthError;
 pub use keys::{Alg, KeyConfig};

@@ -251,15 +251,15 @@ impl AllowedOrigins {
         let mut out = Vec::with_capacity(list.len());
         for o in list {
             let lower = o.trim().trim_end_matches('/').to_ascii_lowercase();
-            let ok = lower
-                .split_once("://")
-                .is_some_and(|(scheme, host)| {
-                    !scheme.is_empty()
-                        && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.')
-                        && !host.is_empty()
-                        && !host.contains('/')
-                        && !host[host.starts_with("*.").then_some(2).unwrap_or(0)..].contains('*')
-                });
+            let ok = lower.split_once("://").is_some_and(|(scheme, host)| {
+                !scheme.is_empty()
+                    && scheme
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.')
+                    && !host.is_empty()
+                    && !host.contains('/')
+                    && !host.strip_prefix("*.").unwrap_or(host).contains('*')
+            });
             if !ok {
                 return Err(format!(
                     "allowed origin {o:?} must look like https://app.example.com[:port] or https://*.example.com"
@@ -277,14 +277,16 @@ impl AllowedOrigins {
             return true;
         }
         let origin = origin.trim().to_ascii_lowercase();
-        self.list.iter().any(|allowed| match allowed.split_once("://*.") {
-            Some((scheme, suffix)) => origin
-                .strip_prefix(scheme)
-                .and_then(|r| r.strip_prefix("://"))
-                .and_then(|host| host.strip_suffix(suffix))
-                .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.')),
-            None => *allowed == origin,
-        })
+        self.list
+            .iter()
+            .any(|allowed| match allowed.split_once("://*.") {
+                Some((scheme, suffix)) => origin
+                    .strip_prefix(scheme)
+                    .and_then(|r| r.strip_prefix("://"))
+                    .and_then(|host| host.strip_suffix(suffix))
+                    .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.')),
+                None => *allowed == origin,
+            })
     }
 
     /// Whether a list is configured.
@@ -340,7 +342,12 @@ mod tests {
         ] {
             assert!(!o.allows(Some(bad)), "{bad}");
         }
-        for bad in ["example.com", "https://", "https://a.example/path", "https://a*.example"] {
+        for bad in [
+            "example.com",
+            "https://",
+            "https://a.example/path",
+            "https://a*.example",
+        ] {
             assert!(AllowedOrigins::new(&[bad.into()]).is_err(), "{bad}");
         }
     }

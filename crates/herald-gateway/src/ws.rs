@@ -404,11 +404,16 @@ mod reader_tests {
         assert!(matches!(close_code_of(&[3]), Err(ReadError::BadClose(_))));
         for code in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535] {
             assert!(
-                matches!(close_code_of(&code.to_be_bytes()), Err(ReadError::BadClose(_))),
+                matches!(
+                    close_code_of(&code.to_be_bytes()),
+                    Err(ReadError::BadClose(_))
+                ),
                 "{code}"
             );
         }
-        for code in [1000u16, 1001, 1003, 1007, 1011, 1012, 1014, 3000, 4000, 4999] {
+        for code in [
+            1000u16, 1001, 1003, 1007, 1011, 1012, 1014, 3000, 4000, 4999,
+        ] {
             let mut p = code.to_be_bytes().to_vec();
             p.extend_from_slice("bye é".as_bytes());
             assert_eq!(close_code_of(&p).unwrap(), Some(code));

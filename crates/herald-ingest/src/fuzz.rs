@@ -17,9 +17,9 @@
 
 use crate::{IngestConfig, IngestService};
 use bytes::Bytes;
+use herald_protocol::Encoding;
 use herald_protocol::api::{HistoryPage, PositionsAnswer, PublishAnswer};
 use herald_protocol::server::{Message, MessageKind};
-use herald_protocol::Encoding;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -119,34 +119,45 @@ impl Harness {
     }
 
     /// One request over a fresh HTTP/1 connection: status and body.
-    fn call(&self, method: Method, uri: &str, auth: Option<&str>, body: Vec<u8>) -> (StatusCode, Bytes) {
+    fn call(
+        &self,
+        method: Method,
+        uri: &str,
+        auth: Option<&str>,
+        body: Vec<u8>,
+    ) -> (StatusCode, Bytes) {
         let svc = self.svc.clone().expect("set until drop");
         let mut req = Request::builder().method(method).uri(uri);
         if let Some(a) = auth {
             req = req.header(http::header::AUTHORIZATION, a);
         }
         let req = req.body(Full::new(Bytes::from(body))).unwrap();
-        self.rt.as_ref().expect("set until drop").block_on(async move {
-            let (client, server) = tokio::io::duplex(1 << 16);
-            let service = hyper::service::service_fn(move |req| {
-                let svc = svc.clone();
-                async move { Ok::<_, std::convert::Infallible>(crate::http::handle(&svc, req).await) }
-            });
-            tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(server), service)
-                    .await;
-            });
-            let (mut sender, conn) =
-                hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(client))
-                    .await
-                    .unwrap();
-            tokio::spawn(conn);
-            let resp = sender.send_request(req).await.unwrap();
-            let status = resp.status();
-            let body = resp.into_body().collect().await.unwrap().to_bytes();
-            (status, body)
-        })
+        self.rt
+            .as_ref()
+            .expect("set until drop")
+            .block_on(async move {
+                let (client, server) = tokio::io::duplex(1 << 16);
+                let service = hyper::service::service_fn(move |req| {
+                    let svc = svc.clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(crate::http::handle(&svc, req).await)
+                    }
+                });
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(server), service)
+                        .await;
+                });
+                let (mut sender, conn) =
+                    hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(client))
+                        .await
+                        .unwrap();
+                tokio::spawn(conn);
+                let resp = sender.send_request(req).await.unwrap();
+                let status = resp.status();
+                let body = resp.into_body().collect().await.unwrap().to_bytes();
+                (status, body)
+            })
     }
 
     fn post(&self, path: &str, body: Vec<u8>) -> (StatusCode, Bytes) {
@@ -154,7 +165,12 @@ impl Harness {
     }
 
     fn get(&self, uri: &str) -> (StatusCode, Bytes) {
-        self.call(Method::GET, uri, Some(&format!("Bearer {API_KEY}")), Vec::new())
+        self.call(
+            Method::GET,
+            uri,
+            Some(&format!("Bearer {API_KEY}")),
+            Vec::new(),
+        )
     }
 }
 
@@ -202,18 +218,46 @@ fn check(
     let status = status.as_u16();
     if (200..300).contains(&status) {
         prop_assert_eq!(status, ok_status, "{:?}", what);
-        prop_assert!(!matches!(want, Want::Err(_)), "{:?}: {} {:?}, model {:?}", what, status, body, want);
+        prop_assert!(
+            !matches!(want, Want::Err(_)),
+            "{:?}: {} {:?}, model {:?}",
+            what,
+            status,
+            body,
+            want
+        );
         return Ok(());
     }
-    let v: Value = serde_json::from_slice(body).map_err(|e| TestCaseError::fail(format!("{what:?}: error body {body:?}: {e}")))?;
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| TestCaseError::fail(format!("{what:?}: error body {body:?}: {e}")))?;
     let code = v["error"]["code"].as_str().unwrap_or("").to_owned();
     prop_assert!(v["error"]["message"].is_string(), "{:?}", v);
-    prop_assert!(["bad_request", "bad_channel", "too_large", "unauthorized", "not_found", "conflict"].contains(&code.as_str()),
-        "{:?}: {} {}", what, status, v);
+    prop_assert!(
+        [
+            "bad_request",
+            "bad_channel",
+            "too_large",
+            "unauthorized",
+            "not_found",
+            "conflict"
+        ]
+        .contains(&code.as_str()),
+        "{:?}: {} {}",
+        what,
+        status,
+        v
+    );
     prop_assert_eq!(status, status_of(&code), "{:?}: {}", what, v);
     match want {
         Want::Ok => prop_assert!(false, "{:?}: {} {}, model ok", what, status, v),
-        Want::Err(codes) => prop_assert!(codes.contains(&code.as_str()), "{:?}: {} {}, model {:?}", what, status, v, codes),
+        Want::Err(codes) => prop_assert!(
+            codes.contains(&code.as_str()),
+            "{:?}: {} {}, model {:?}",
+            what,
+            status,
+            v,
+            codes
+        ),
         Want::Any => {}
     }
     Ok(())
@@ -357,7 +401,10 @@ fn data_faults(v: Option<&Value>, errs: &mut Vec<&'static str>) {
 
 fn strings(v: Option<&Value>) -> Vec<String> {
     match v {
-        Some(Value::Array(a)) => a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|s| s.as_str().map(str::to_owned))
+            .collect(),
         Some(Value::String(s)) => vec![s.clone()],
         _ => Vec::new(),
     }
@@ -388,7 +435,11 @@ fn publish_model(fields: &[(String, Value)]) -> Want {
     {
         errs.push("bad_request");
     }
-    if errs.is_empty() { Want::Ok } else { Want::Err(errs) }
+    if errs.is_empty() {
+        Want::Ok
+    } else {
+        Want::Err(errs)
+    }
 }
 
 fn signal_model(fields: &[(String, Value)]) -> Want {
@@ -406,7 +457,11 @@ fn signal_model(fields: &[(String, Value)]) -> Want {
         Some(_) => {}
     }
     data_faults(get(fields, "data"), &mut errs);
-    if errs.is_empty() { Want::Ok } else { Want::Err(errs) }
+    if errs.is_empty() {
+        Want::Ok
+    } else {
+        Want::Err(errs)
+    }
 }
 
 fn positions_model(fields: &[(String, Value)]) -> Want {
@@ -423,7 +478,11 @@ fn positions_model(fields: &[(String, Value)]) -> Want {
     if names.iter().any(|n| !ref_name_ok(n)) {
         errs.push("bad_channel");
     }
-    if errs.is_empty() { Want::Ok } else { Want::Err(errs) }
+    if errs.is_empty() {
+        Want::Ok
+    } else {
+        Want::Err(errs)
+    }
 }
 
 fn publish_body() -> impl Strategy<Value = Vec<(String, Value)>> {
@@ -437,7 +496,13 @@ fn publish_body() -> impl Strategy<Value = Vec<(String, Value)>> {
     )
         .prop_flat_map(|(channel, channels, data, key, from, extra)| {
             let f = collect(
-                vec![("channel", channel), ("channels", channels), ("data", data), ("key", key), ("from", from)],
+                vec![
+                    ("channel", channel),
+                    ("channels", channels),
+                    ("data", data),
+                    ("key", key),
+                    ("from", from),
+                ],
                 extra,
             );
             Just(f).prop_shuffle()
@@ -445,9 +510,18 @@ fn publish_body() -> impl Strategy<Value = Vec<(String, Value)>> {
 }
 
 fn signal_body() -> impl Strategy<Value = Vec<(String, Value)>> {
-    (opt(0.9, channel_field()), opt(0.9, data_field()), opt(0.3, text_field()), extra())
+    (
+        opt(0.9, channel_field()),
+        opt(0.9, data_field()),
+        opt(0.3, text_field()),
+        extra(),
+    )
         .prop_flat_map(|(channel, data, from, extra)| {
-            Just(collect(vec![("channel", channel), ("data", data), ("from", from)], extra)).prop_shuffle()
+            Just(collect(
+                vec![("channel", channel), ("data", data), ("from", from)],
+                extra,
+            ))
+            .prop_shuffle()
         })
 }
 
@@ -537,17 +611,49 @@ fn history_model(q: &[(String, String)]) -> (Want, u64, u32) {
 fn bodies_arbitrary_bytes() {
     let soup = prop::collection::vec(
         prop::sample::select(vec![
-            "{", "}", "[", "]", ",", ":", "\"channel\"", "\"channels\"", "\"data\"", "\"key\"",
-            "\"from\"", "\"chat_1\"", "1", "-1", "1e400", "null", "true", "\"\\ud800\"", "\"", " ",
+            "{",
+            "}",
+            "[",
+            "]",
+            ",",
+            ":",
+            "\"channel\"",
+            "\"channels\"",
+            "\"data\"",
+            "\"key\"",
+            "\"from\"",
+            "\"chat_1\"",
+            "1",
+            "-1",
+            "1e400",
+            "null",
+            "true",
+            "\"\\ud800\"",
+            "\"",
+            " ",
         ]),
         0..30,
     )
     .prop_map(|v| v.concat().into_bytes());
     let body = prop_oneof![prop::collection::vec(any::<u8>(), 0..200), soup];
-    run("bodies_arbitrary_bytes", 200, (body, 0usize..3), |h, (b, route)| {
-        let (path, ok) = [("/v1/publish", 200), ("/v1/signal", 202), ("/v1/positions", 200)][route];
-        check(&h.post(path, b.clone()), ok, &Want::Any, &String::from_utf8_lossy(&b))
-    });
+    run(
+        "bodies_arbitrary_bytes",
+        600,
+        (body, 0usize..3),
+        |h, (b, route)| {
+            let (path, ok) = [
+                ("/v1/publish", 200),
+                ("/v1/signal", 202),
+                ("/v1/positions", 200),
+            ][route];
+            check(
+                &h.post(path, b.clone()),
+                ok,
+                &Want::Any,
+                &String::from_utf8_lossy(&b),
+            )
+        },
+    );
 }
 
 /// `POST /v1/publish` bodies answer as the section 8 model says; a 200
@@ -556,52 +662,79 @@ fn bodies_arbitrary_bytes() {
 #[test]
 fn publish_bodies_match_model() {
     let keys = std::cell::RefCell::new(std::collections::HashSet::new());
-    run("publish_bodies_match_model", 300, publish_body(), |h, fields| {
-        let body = render(&fields);
-        let key = get(&fields, "key").and_then(Value::as_str).map(str::to_owned);
-        let want = match publish_model(&fields) {
-            Want::Ok if key.as_ref().is_some_and(|k| keys.borrow().contains(k)) => Want::Any,
-            w => w,
-        };
-        let r = h.post("/v1/publish", body.clone());
-        check(&r, 200, &want, &String::from_utf8_lossy(&body))?;
-        if let (StatusCode::OK, Some(k)) = (r.0, key) {
-            keys.borrow_mut().insert(k);
-        }
-        if r.0 == StatusCode::OK {
-            let a: PublishAnswer = serde_json::from_slice(&r.1).unwrap();
-            let one = get(&fields, "channel").filter(|v| !v.is_null());
-            let names = strings(one.or(get(&fields, "channels")));
-            prop_assert_eq!(a.seqs.len(), names.len());
-            prop_assert!(names.iter().all(|n| a.seqs.get(n).is_some_and(|&s| s >= 1)));
-        }
-        Ok(())
-    });
+    run(
+        "publish_bodies_match_model",
+        900,
+        publish_body(),
+        |h, fields| {
+            let body = render(&fields);
+            let key = get(&fields, "key")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            let want = match publish_model(&fields) {
+                Want::Ok if key.as_ref().is_some_and(|k| keys.borrow().contains(k)) => Want::Any,
+                w => w,
+            };
+            let r = h.post("/v1/publish", body.clone());
+            check(&r, 200, &want, &String::from_utf8_lossy(&body))?;
+            if let (StatusCode::OK, Some(k)) = (r.0, key) {
+                keys.borrow_mut().insert(k);
+            }
+            if r.0 == StatusCode::OK {
+                let a: PublishAnswer = serde_json::from_slice(&r.1).unwrap();
+                let one = get(&fields, "channel").filter(|v| !v.is_null());
+                let names = strings(one.or(get(&fields, "channels")));
+                prop_assert_eq!(a.seqs.len(), names.len());
+                prop_assert!(names.iter().all(|n| a.seqs.get(n).is_some_and(|&s| s >= 1)));
+            }
+            Ok(())
+        },
+    );
 }
 
 #[test]
 fn signal_bodies_match_model() {
-    run("signal_bodies_match_model", 300, signal_body(), |h, fields| {
-        let body = render(&fields);
-        check(&h.post("/v1/signal", body.clone()), 202, &signal_model(&fields), &String::from_utf8_lossy(&body))
-    });
+    run(
+        "signal_bodies_match_model",
+        900,
+        signal_body(),
+        |h, fields| {
+            let body = render(&fields);
+            check(
+                &h.post("/v1/signal", body.clone()),
+                202,
+                &signal_model(&fields),
+                &String::from_utf8_lossy(&body),
+            )
+        },
+    );
 }
 
 /// `POST /v1/positions`: up to 1000 valid channels, each in the answer.
 #[test]
 fn positions_bodies_match_model() {
-    run("positions_bodies_match_model", 200, positions_body(), |h, fields| {
-        let body = render(&fields);
-        let r = h.post("/v1/positions", body.clone());
-        check(&r, 200, &positions_model(&fields), &String::from_utf8_lossy(&body))?;
-        if r.0 == StatusCode::OK {
-            let a: PositionsAnswer = serde_json::from_slice(&r.1).unwrap();
-            let names = strings(get(&fields, "channels"));
-            prop_assert!(names.iter().all(|n| a.positions.contains_key(n)));
-            prop_assert!(a.positions.len() <= names.len());
-        }
-        Ok(())
-    });
+    run(
+        "positions_bodies_match_model",
+        600,
+        positions_body(),
+        |h, fields| {
+            let body = render(&fields);
+            let r = h.post("/v1/positions", body.clone());
+            check(
+                &r,
+                200,
+                &positions_model(&fields),
+                &String::from_utf8_lossy(&body),
+            )?;
+            if r.0 == StatusCode::OK {
+                let a: PositionsAnswer = serde_json::from_slice(&r.1).unwrap();
+                let names = strings(get(&fields, "channels"));
+                prop_assert!(names.iter().all(|n| a.positions.contains_key(n)));
+                prop_assert!(a.positions.len() <= names.len());
+            }
+            Ok(())
+        },
+    );
 }
 
 /// `GET /v1/channels/{channel}/messages?after&limit`: the channel from the
@@ -613,32 +746,51 @@ fn history_queries_match_model() {
         4 => Just("chat_1".to_owned()),
         1 => path_channel(),
     ];
-    run("history_queries_match_model", 300, (chan, history_query()), |h, (raw, q)| {
-        // A few messages to page through.
-        if h.get("/v1/channels/chat_1/messages").1.starts_with(b"{\"messages\":[]") {
-            for i in 0..5 {
-                let r = h.post("/v1/publish", format!(r#"{{"channel":"chat_1","data":{i}}}"#).into_bytes());
-                prop_assert_eq!(r.0, StatusCode::OK);
+    run(
+        "history_queries_match_model",
+        900,
+        (chan, history_query()),
+        |h, (raw, q)| {
+            // A few messages to page through.
+            if h.get("/v1/channels/chat_1/messages")
+                .1
+                .starts_with(b"{\"messages\":[]")
+            {
+                for i in 0..5 {
+                    let r = h.post(
+                        "/v1/publish",
+                        format!(r#"{{"channel":"chat_1","data":{i}}}"#).into_bytes(),
+                    );
+                    prop_assert_eq!(r.0, StatusCode::OK);
+                }
             }
-        }
-        let query: Vec<String> = q.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let uri = format!("/v1/channels/{raw}/messages?{}", query.join("&"));
-        let Ok(parsed) = uri.parse::<http::Uri>() else {
-            return Ok(()); // not a URI a client could send
-        };
-        let (want, after, limit) = history_model(&q);
-        // The path is read first: a bad channel is reported whatever the query.
-        let want = if ref_name_ok(&ref_percent_decode(&raw)) { want } else { Want::Err(vec!["bad_channel"]) };
-        let r = h.get(&parsed.to_string());
-        check(&r, 200, &want, &uri)?;
-        if r.0 == StatusCode::OK {
-            let page: HistoryPage = serde_json::from_slice(&r.1).unwrap();
-            prop_assert!(page.messages.len() <= usize::try_from(limit).unwrap());
-            prop_assert!(page.messages.windows(2).all(|w| w[0].seq + 1 == w[1].seq));
-            prop_assert!(page.messages.iter().all(|m| m.seq > after && m.seq <= page.last_seq));
-        }
-        Ok(())
-    });
+            let query: Vec<String> = q.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let uri = format!("/v1/channels/{raw}/messages?{}", query.join("&"));
+            let Ok(parsed) = uri.parse::<http::Uri>() else {
+                return Ok(()); // not a URI a client could send
+            };
+            let (want, after, limit) = history_model(&q);
+            // The path is read first: a bad channel is reported whatever the query.
+            let want = if ref_name_ok(&ref_percent_decode(&raw)) {
+                want
+            } else {
+                Want::Err(vec!["bad_channel"])
+            };
+            let r = h.get(&parsed.to_string());
+            check(&r, 200, &want, &uri)?;
+            if r.0 == StatusCode::OK {
+                let page: HistoryPage = serde_json::from_slice(&r.1).unwrap();
+                prop_assert!(page.messages.len() <= usize::try_from(limit).unwrap());
+                prop_assert!(page.messages.windows(2).all(|w| w[0].seq + 1 == w[1].seq));
+                prop_assert!(
+                    page.messages
+                        .iter()
+                        .all(|m| m.seq > after && m.seq <= page.last_seq)
+                );
+            }
+            Ok(())
+        },
+    );
 }
 
 /// Unknown routes are 404 before the key is looked at; known ones without
@@ -646,12 +798,32 @@ fn history_queries_match_model() {
 #[test]
 fn routes_and_keys() {
     let path = prop_oneof![
-        prop::sample::select(vec!["/v1/publish", "/v1/signal", "/v1/positions", "/v1/channels/chat_1/messages",
-            "/v1/channels/chat_1/presence", "/v1", "/v1/", "/v1/publish/", "/v1//publish", "/v2/publish",
-            "/v1/channels//messages", "/v1/channels/chat_1", "/v1/channels/a/b/messages", "/"]).prop_map(str::to_owned),
+        prop::sample::select(vec![
+            "/v1/publish",
+            "/v1/signal",
+            "/v1/positions",
+            "/v1/channels/chat_1/messages",
+            "/v1/channels/chat_1/presence",
+            "/v1",
+            "/v1/",
+            "/v1/publish/",
+            "/v1//publish",
+            "/v2/publish",
+            "/v1/channels//messages",
+            "/v1/channels/chat_1",
+            "/v1/channels/a/b/messages",
+            "/"
+        ])
+        .prop_map(str::to_owned),
         "/v1/[a-z/]{0,12}",
     ];
-    let method = prop::sample::select(vec![Method::GET, Method::POST, Method::PUT, Method::DELETE, Method::HEAD]);
+    let method = prop::sample::select(vec![
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::HEAD,
+    ]);
     let auth = prop_oneof![
         3 => Just(Some(format!("Bearer {API_KEY}"))),
         1 => Just(Some(format!("bearer {API_KEY}"))),
@@ -664,33 +836,44 @@ fn routes_and_keys() {
             "Bearer [ -~]{0,20}",
         ]),
     ];
-    run("routes_and_keys", 300, (method, path, auth), |h, (method, path, auth)| {
-        let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-        let known = matches!(
-            (&method, segs.as_slice()),
-            (&Method::POST, ["v1", "publish" | "signal" | "positions"])
-                | (&Method::GET, ["v1", "channels", _, "messages" | "presence"])
-        );
-        let good_key = auth.as_deref().is_some_and(|a| {
-            a.strip_prefix("Bearer ").or_else(|| a.strip_prefix("bearer ")).is_some_and(|k| k.trim() == API_KEY)
-        });
-        let body = if method == Method::POST { br#"{"channel":"chat_1","data":1,"channels":null}"#.to_vec() } else { Vec::new() };
-        let r = h.call(method.clone(), &path, auth.as_deref(), body);
-        let want = if !known {
-            Want::Err(vec!["not_found"])
-        } else if !good_key {
-            Want::Err(vec!["unauthorized"])
-        } else {
-            Want::Any
-        };
-        let ok = if path.ends_with("signal") { 202 } else { 200 };
-        if method == Method::HEAD {
-            // No body to read the code from.
-            prop_assert_eq!(r.0, StatusCode::NOT_FOUND);
-            return Ok(());
-        }
-        check(&r, ok, &want, &(&method, &path, &auth))
-    });
+    run(
+        "routes_and_keys",
+        900,
+        (method, path, auth),
+        |h, (method, path, auth)| {
+            let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+            let known = matches!(
+                (&method, segs.as_slice()),
+                (&Method::POST, ["v1", "publish" | "signal" | "positions"])
+                    | (&Method::GET, ["v1", "channels", _, "messages" | "presence"])
+            );
+            let good_key = auth.as_deref().is_some_and(|a| {
+                a.strip_prefix("Bearer ")
+                    .or_else(|| a.strip_prefix("bearer "))
+                    .is_some_and(|k| k.trim() == API_KEY)
+            });
+            let body = if method == Method::POST {
+                br#"{"channel":"chat_1","data":1,"channels":null}"#.to_vec()
+            } else {
+                Vec::new()
+            };
+            let r = h.call(method.clone(), &path, auth.as_deref(), body);
+            let want = if !known {
+                Want::Err(vec!["not_found"])
+            } else if !good_key {
+                Want::Err(vec!["unauthorized"])
+            } else {
+                Want::Any
+            };
+            let ok = if path.ends_with("signal") { 202 } else { 200 };
+            if method == Method::HEAD {
+                // No body to read the code from.
+                prop_assert_eq!(r.0, StatusCode::NOT_FOUND);
+                return Ok(());
+            }
+            check(&r, ok, &want, &(&method, &path, &auth))
+        },
+    );
 }
 
 // ---- seed corpus ----
@@ -702,28 +885,104 @@ fn seed_bodies() {
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
     let cases: Vec<(&str, Vec<u8>, Want)> = vec![
         ("/v1/publish", Vec::new(), Want::Err(vec!["bad_request"])),
-        ("/v1/publish", b"null".to_vec(), Want::Err(vec!["bad_request"])),
-        ("/v1/publish", b"\xef\xbb\xbf{\"channel\":\"c\",\"data\":1}".to_vec(), Want::Any),
-        ("/v1/publish", br#"{"channel":"c","data":1}   "#.to_vec(), Want::Ok),
-        ("/v1/publish", br#"{"channel":"c","data":1} {}"#.to_vec(), Want::Err(vec!["bad_request"])),
-        ("/v1/publish", br#"{"channel":"c","channel":"d","data":1}"#.to_vec(), Want::Err(vec!["bad_request"])),
-        ("/v1/publish", br#"{"channels":["c","c"],"data":1}"#.to_vec(), Want::Err(vec!["bad_request"])),
-        ("/v1/publish", br#"{"channel":"c","data":1,"key":""}"#.to_vec(), Want::Err(vec!["bad_request"])),
-        ("/v1/publish", br#"{"channel":"c","data":null}"#.to_vec(), Want::Ok),
-        ("/v1/publish", format!(r#"{{"channel":"c","data":{deep}}}"#).into_bytes(), Want::Err(vec!["too_large"])),
-        ("/v1/publish", format!("{}{}", "{\"a\":".repeat(50_000), "}".repeat(50_000)).into_bytes(), Want::Err(vec!["bad_request", "too_large"])),
-        ("/v1/publish", vec![b' '; limit], Want::Err(vec!["bad_request"])),
-        ("/v1/publish", vec![b' '; limit + 1], Want::Err(vec!["too_large"])),
-        ("/v1/signal", br#"{"channel":"c","data":{"typing":true},"from":"op:1"}"#.to_vec(), Want::Ok),
-        ("/v1/signal", br#"{"channels":["c"],"data":1}"#.to_vec(), Want::Err(vec!["bad_request"])),
+        (
+            "/v1/publish",
+            b"null".to_vec(),
+            Want::Err(vec!["bad_request"]),
+        ),
+        (
+            "/v1/publish",
+            b"\xef\xbb\xbf{\"channel\":\"c\",\"data\":1}".to_vec(),
+            Want::Any,
+        ),
+        (
+            "/v1/publish",
+            br#"{"channel":"c","data":1}   "#.to_vec(),
+            Want::Ok,
+        ),
+        (
+            "/v1/publish",
+            br#"{"channel":"c","data":1} {}"#.to_vec(),
+            Want::Err(vec!["bad_request"]),
+        ),
+        (
+            "/v1/publish",
+            br#"{"channel":"c","channel":"d","data":1}"#.to_vec(),
+            Want::Err(vec!["bad_request"]),
+        ),
+        (
+            "/v1/publish",
+            br#"{"channels":["c","c"],"data":1}"#.to_vec(),
+            Want::Err(vec!["bad_request"]),
+        ),
+        (
+            "/v1/publish",
+            br#"{"channel":"c","data":1,"key":""}"#.to_vec(),
+            Want::Err(vec!["bad_request"]),
+        ),
+        (
+            "/v1/publish",
+            br#"{"channel":"c","data":null}"#.to_vec(),
+            Want::Ok,
+        ),
+        (
+            "/v1/publish",
+            format!(r#"{{"channel":"c","data":{deep}}}"#).into_bytes(),
+            Want::Err(vec!["too_large"]),
+        ),
+        (
+            "/v1/publish",
+            format!("{}{}", "{\"a\":".repeat(50_000), "}".repeat(50_000)).into_bytes(),
+            Want::Err(vec!["bad_request", "too_large"]),
+        ),
+        (
+            "/v1/publish",
+            vec![b' '; limit],
+            Want::Err(vec!["bad_request"]),
+        ),
+        (
+            "/v1/publish",
+            vec![b' '; limit + 1],
+            Want::Err(vec!["too_large"]),
+        ),
+        (
+            "/v1/signal",
+            br#"{"channel":"c","data":{"typing":true},"from":"op:1"}"#.to_vec(),
+            Want::Ok,
+        ),
+        (
+            "/v1/signal",
+            br#"{"channels":["c"],"data":1}"#.to_vec(),
+            Want::Err(vec!["bad_request"]),
+        ),
         ("/v1/positions", br#"{"channels":[]}"#.to_vec(), Want::Ok),
-        ("/v1/positions", br#"{}"#.to_vec(), Want::Err(vec!["bad_request"])),
-        ("/v1/positions", br#"{"channels":["c","c"]}"#.to_vec(), Want::Ok),
-        ("/v1/positions", json!({"channels": vec!["c"; 1001]}).to_string().into_bytes(), Want::Err(vec!["bad_request"])),
+        (
+            "/v1/positions",
+            br#"{}"#.to_vec(),
+            Want::Err(vec!["bad_request"]),
+        ),
+        (
+            "/v1/positions",
+            br#"{"channels":["c","c"]}"#.to_vec(),
+            Want::Ok,
+        ),
+        (
+            "/v1/positions",
+            json!({"channels": vec!["c"; 1001]})
+                .to_string()
+                .into_bytes(),
+            Want::Err(vec!["bad_request"]),
+        ),
     ];
     for (path, body, want) in cases {
         let ok = if path == "/v1/signal" { 202 } else { 200 };
-        check(&h.post(path, body.clone()), ok, &want, &(path, String::from_utf8_lossy(&body[..body.len().min(60)]))).unwrap();
+        check(
+            &h.post(path, body.clone()),
+            ok,
+            &want,
+            &(path, String::from_utf8_lossy(&body[..body.len().min(60)])),
+        )
+        .unwrap();
     }
 }
 
@@ -743,7 +1002,13 @@ fn seed_history_queries() {
         ("&&&after=1&&", Want::Ok),
         ("x=%zz&after=2", Want::Ok),
     ] {
-        check(&h.get(&format!("/v1/channels/chat_1/messages?{q}")), 200, &want, &q).unwrap();
+        check(
+            &h.get(&format!("/v1/channels/chat_1/messages?{q}")),
+            200,
+            &want,
+            &q,
+        )
+        .unwrap();
     }
     for (ch, want) in [
         ("chat%5F1", Want::Ok),
@@ -753,10 +1018,22 @@ fn seed_history_queries() {
         ("%C3%A9", Want::Err(vec!["bad_channel"])),
         ("%FF", Want::Err(vec!["bad_channel"])),
     ] {
-        check(&h.get(&format!("/v1/channels/{ch}/messages")), 200, &want, &ch).unwrap();
+        check(
+            &h.get(&format!("/v1/channels/{ch}/messages")),
+            200,
+            &want,
+            &ch,
+        )
+        .unwrap();
     }
     let long = "a".repeat(201);
-    check(&h.get(&format!("/v1/channels/{long}/presence")), 200, &Want::Err(vec!["bad_channel"]), &"201 bytes").unwrap();
+    check(
+        &h.get(&format!("/v1/channels/{long}/presence")),
+        200,
+        &Want::Err(vec!["bad_channel"]),
+        &"201 bytes",
+    )
+    .unwrap();
 }
 
 // ---- regression tests for the bugs found (docs/fuzzing.md, "Findings") ----
@@ -784,12 +1061,16 @@ fn b2_array_bodies_are_refused() {
 fn b1_stored_data_transcodes_to_msgpack() {
     let h = Harness::new();
     for data in ["1e400", &format!("{}{}", "[".repeat(200), "]".repeat(200))] {
-        let r = h.post("/v1/publish", format!(r#"{{"channel":"b1","data":{data}}}"#).into_bytes());
+        let r = h.post(
+            "/v1/publish",
+            format!(r#"{{"channel":"b1","data":{data}}}"#).into_bytes(),
+        );
         if r.0 == StatusCode::BAD_REQUEST {
             continue;
         }
         assert_eq!(r.0, StatusCode::OK, "{:?}", r.1);
-        let page: HistoryPage = serde_json::from_slice(&h.get("/v1/channels/b1/messages?limit=1000").1).unwrap();
+        let page: HistoryPage =
+            serde_json::from_slice(&h.get("/v1/channels/b1/messages?limit=1000").1).unwrap();
         let m: &Message = page.messages.last().unwrap();
         let frame = Message {
             kind: Some(MessageKind::Message),

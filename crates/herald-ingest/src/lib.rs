@@ -138,7 +138,12 @@ async fn commit_and_publish(
             return Err(e.into());
         }
     };
-    metrics::publishes(if appended.duplicate { "duplicate" } else { "ok" }).increment(1);
+    metrics::publishes(if appended.duplicate {
+        "duplicate"
+    } else {
+        "ok"
+    })
+    .increment(1);
     if !appended.duplicate {
         metrics::messages_published().increment(appended.seqs.len() as u64);
     }
@@ -179,7 +184,11 @@ async fn publish_committed(
                         return;
                     }
                 };
-                match page.messages.into_iter().find(|m| m.seq == seq && m.id == id) {
+                match page
+                    .messages
+                    .into_iter()
+                    .find(|m| m.seq == seq && m.id == id)
+                {
                     Some(m) => Envelope::message(ch.clone(), seq, m.id, m.ts, m.from, &m.data),
                     // Pruned by retention meanwhile: nothing to repair.
                     None => return,
@@ -195,10 +204,12 @@ async fn publish_committed(
             }
         }
     };
-    let all = futures_util::future::join_all(
-        appended.seqs.iter().map(|(ch, seq)| one(ch.clone(), *seq)),
-    );
-    if tokio::time::timeout(BUS_PUBLISH_DEADLINE, all).await.is_err() {
+    let all =
+        futures_util::future::join_all(appended.seqs.iter().map(|(ch, seq)| one(ch.clone(), *seq)));
+    if tokio::time::timeout(BUS_PUBLISH_DEADLINE, all)
+        .await
+        .is_err()
+    {
         metrics::bus_publish_failures().increment(1);
         tracing::warn!(msg_id = %appended.id, channels = appended.seqs.len(), "bus publish deadline passed after commit");
     }

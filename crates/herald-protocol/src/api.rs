@@ -152,7 +152,9 @@ mod tests {
         for bad in ["chat_1", "chat_1:x", "bad channel:1", ":1", "chat_1:-1"] {
             assert_eq!(parse_recover(bad), Err(RecoverError::Malformed), "{bad}");
         }
-        let many: Vec<String> = (0..=MAX_RECOVER_ENTRIES).map(|i| format!("c{i}:1")).collect();
+        let many: Vec<String> = (0..=MAX_RECOVER_ENTRIES)
+            .map(|i| format!("c{i}:1"))
+            .collect();
         assert_eq!(parse_recover(&many.join(",")), Err(RecoverError::TooMany));
         assert!(parse_recover(&many[..MAX_RECOVER_ENTRIES].join(",")).is_ok());
     }

@@ -17,6 +17,9 @@ pub mod data;
 pub mod names;
 pub mod server;
 
+#[cfg(test)]
+mod fuzz;
+
 pub use client::{DecodeLimits, Op, Request, RequestError, decode_request, encode_request};
 pub use codes::{CloseCode, ErrorCode};
 pub use data::{DataError, JsonData};
