@@ -9,7 +9,8 @@
 # The binaries are built once, then copied to /tmp/herald-bin-<commit> so a
 # later build cannot replace them mid-record. Each run starts its own servers
 # (benches/loadgen.sh: `herald dev`; benches/topology.sh: Redis, PostgreSQL,
-# ingest, gateway) and stops them by PID.
+# ingest, gateway) and stops them by PID; in benches/drain.sh the loadgen
+# starts `herald dev` itself and ends it with the SIGTERM it measures.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -51,6 +52,11 @@ run ramp-5000-throughput loadgen.sh ramp --subscribers 5000 --start 50 --step 50
 run ramp-5000-curve loadgen.sh ramp --subscribers 5000 --start 10 --step 10 --max-p99-ms 5000 --duration-per-step 5s --max-steps 6
 run ramp-1000-curve loadgen.sh ramp --subscribers 1000 --start 25 --step 25 --max-p99-ms 2000 --duration-per-step 5s --max-steps 10
 run channels-1000 loadgen.sh channels --connections 1000 --dashboard-subscribers 10 --rate 500 --duration 10s
+
+# Drain pacing (issue 9): N connections, SIGTERM, every 1012 timed.
+run drain-19000-w10 drain.sh drain --connections 19000 --window 10s
+run drain-4000-w1 drain.sh drain --connections 4000 --window 1s
+run drain-19000-w2 drain.sh drain --connections 19000 --window 2s
 
 # Redis topology: 1 ingest + 1 gateway over a private Redis and PostgreSQL
 # (default durability); publishes go straight to ingest (--ingest-url).

@@ -6,9 +6,14 @@
 //! Frames are never parsed as generic JSON on the hot path: [`scan_message`]
 //! picks the few fields accounting needs (`channel`, `seq` and the
 //! publisher's `lgt`/`lgn` inside `data`). Only the welcome is parsed whole.
+//!
+//! The close handshake is answered here, not by fastwebsockets' auto-close:
+//! its reply is written before the close frame is handed over, so a server
+//! that is already gone would turn a received 1012 into an I/O error; here
+//! the code is kept and the reply is best effort.
 
 use anyhow::{Context, bail};
-use fastwebsockets::{OpCode, Role, WebSocket};
+use fastwebsockets::{Frame, OpCode, Role, WebSocket};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -32,8 +37,10 @@ pub struct Conn {
 pub enum Incoming {
     /// A text frame (its payload).
     Text(bytes::BytesMut),
-    /// The server closed (close frame or EOF) with this code, if any.
+    /// The server sent a close frame, with this code if it had one.
     Closed(Option<u16>),
+    /// The socket ended (EOF, reset) without a close frame: 1006, abnormal.
+    Dropped,
 }
 
 impl Conn {
@@ -75,7 +82,7 @@ impl Conn {
             .context("send upgrade")?;
         read_handshake(&mut stream).await?;
         let mut ws = WebSocket::after_handshake(stream, Role::Client);
-        ws.set_auto_close(true);
+        ws.set_auto_close(false);
         ws.set_auto_pong(true);
         let mut conn = Conn {
             ws,
@@ -107,18 +114,20 @@ impl Conn {
                 }
             }
             Incoming::Closed(code) => bail!("closed before the welcome (code {code:?})"),
+            Incoming::Dropped => bail!("connection dropped before the welcome"),
         }
     }
 
     /// The next text frame, or the end of the connection. Pings are
-    /// answered by fastwebsockets inside `read_frame`.
+    /// answered by fastwebsockets inside `read_frame`; a close frame is
+    /// answered here (best effort) and its code returned.
     pub async fn next(&mut self) -> anyhow::Result<Incoming> {
         loop {
             let frame = match self.ws.read_frame().await {
                 Ok(f) => f,
                 Err(fastwebsockets::WebSocketError::UnexpectedEOF)
                 | Err(fastwebsockets::WebSocketError::ConnectionClosed) => {
-                    return Ok(Incoming::Closed(None));
+                    return Ok(Incoming::Dropped);
                 }
                 Err(e) => return Err(e.into()),
             };
@@ -134,6 +143,12 @@ impl Conn {
                 OpCode::Close => {
                     let code = (frame.payload.len() >= 2)
                         .then(|| u16::from_be_bytes([frame.payload[0], frame.payload[1]]));
+                    // Echo the code (RFC 6455 5.5.1); the server may be gone.
+                    let reply = match code {
+                        Some(c) => Frame::close(c, b""),
+                        None => Frame::close_raw(Vec::new().into()),
+                    };
+                    let _ = self.ws.write_frame(reply).await;
                     return Ok(Incoming::Closed(code));
                 }
                 _ => {}
@@ -233,6 +248,16 @@ pub fn scan_message(frame: &[u8]) -> Option<Delivery<'_>> {
     })
 }
 
+const DISCONNECT_HEAD: &[u8] = b"{\"type\":\"disconnect\",\"code\":";
+
+/// The code of a JSON `disconnect` frame (PROTOCOL.md section 6, sent just
+/// before the close frame); `None` for any other frame. Herald writes
+/// `type` then `code` first.
+pub fn scan_disconnect(frame: &[u8]) -> Option<u16> {
+    let (code, _) = number(frame.strip_prefix(DISCONNECT_HEAD)?)?;
+    u16::try_from(code).ok()
+}
+
 /// A leading decimal number and what follows it.
 fn number(b: &[u8]) -> Option<(u64, &[u8])> {
     let digits = b.iter().take_while(|c| c.is_ascii_digit()).count();
@@ -261,6 +286,17 @@ mod tests {
                 n: Some(7)
             })
         );
+    }
+
+    #[test]
+    fn scans_a_disconnect_frame() {
+        let f = br#"{"type":"disconnect","code":1012,"reason":"service restart","reconnect":true}"#;
+        assert_eq!(scan_disconnect(f), Some(1012));
+        assert_eq!(
+            scan_disconnect(br#"{"type":"disconnect","code":99999}"#),
+            None
+        );
+        assert_eq!(scan_disconnect(br#"{"type":"welcome","code":1}"#), None);
     }
 
     #[test]

@@ -11,17 +11,21 @@
 //! - [`publish`]: `POST /v1/publish` client and the open-loop schedule.
 //! - [`track`]: run clock, message ledger, seq tracking, histograms.
 //! - [`procstat`]: CPU and RSS of the server (`--pid`) from `/proc`.
-//! - [`scenario`]: fanout, channels, ramp, connect, idle, ingest.
+//! - [`closes`]: how and when the server closed each connection (drain).
+//! - [`server`]: a `herald dev` the load generator starts and owns (drain).
+//! - [`scenario`]: fanout, channels, ramp, connect, idle, ingest, drain.
 //! - [`report`]: the table and the `RESULT {json}` line.
 //!
 //! The binary (`src/main.rs`) parses flags, raises the fd limit, runs one
 //! scenario under a hard deadline and prints its report.
 
+pub mod closes;
 pub mod conn;
 pub mod procstat;
 pub mod publish;
 pub mod report;
 pub mod scenario;
+pub mod server;
 pub mod swarm;
 pub mod target;
 pub mod track;

@@ -5,14 +5,22 @@
 //!     fanout --subscribers 5000 --rate 50 --duration 10s
 //! ```
 //!
+//! `drain` starts its own `herald dev` (it must SIGTERM it and read its exit
+//! status), so it takes no `--url`, `--pid` or secrets:
+//!
+//! ```text
+//! herald-loadgen drain --connections 19000 --window 10s
+//! ```
+//!
 //! Prints a table and one `RESULT {json}` line. Every run stops by itself:
 //! on top of its own bounds, a hard deadline (the run's nominal length +
 //! 30 s) ends it with `"timed_out": true` and exit status 2.
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use herald_loadgen::scenario::{Common, conns, delivery, ingest};
-use herald_loadgen::{Report, Target, target};
+use herald_loadgen::scenario::{Common, conns, delivery, drain, ingest};
+use herald_loadgen::{Report, Target, server, target};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Most connections one run may open (herald's per-node default).
@@ -23,6 +31,13 @@ const MAX_DURATION: Duration = Duration::from_secs(3600);
 const MAX_RATE: f64 = 1_000_000.0;
 /// Slack of the hard deadline over a run's nominal length.
 const DEADLINE_SLACK: Duration = Duration::from_secs(30);
+/// Where the server under test listens unless `--url` says otherwise.
+const DEFAULT_URL: &str = "http://127.0.0.1:8080";
+/// Longest drain window `drain` accepts.
+const MAX_WINDOW: Duration = Duration::from_secs(600);
+/// What `drain` allows for starting its server (herald dev answers
+/// `/healthz` within 30 s or the start fails).
+const SERVER_START: Duration = Duration::from_secs(30);
 
 #[derive(Parser, Debug)]
 #[command(
@@ -32,18 +47,19 @@ const DEADLINE_SLACK: Duration = Duration::from_secs(30);
 )]
 struct Cli {
     /// Public URL of the herald under test (`/ws`, and `/v1/publish` unless
-    /// `--ingest-url` is given).
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    url: String,
+    /// `--ingest-url` is given) [default: http://127.0.0.1:8080].
+    #[arg(long)]
+    url: Option<String>,
     /// Where to publish when ingest is a separate node (Redis topology).
     #[arg(long)]
     ingest_url: Option<String>,
-    /// Ingest API key (`herald dev` prints it).
+    /// Ingest API key (`herald dev` prints it); required except by `drain`.
     #[arg(long, env = "HERALD_API_KEY", hide_env_values = true)]
-    api_key: String,
-    /// HS256 secret for connection tokens (`herald dev` prints it).
+    api_key: Option<String>,
+    /// HS256 secret for connection tokens (`herald dev` prints it);
+    /// required except by `drain`.
     #[arg(long, env = "HERALD_JWT_SECRET", hide_env_values = true)]
-    jwt_secret: String,
+    jwt_secret: Option<String>,
     /// A server process to measure (CPU, RSS); repeat for several.
     #[arg(long = "pid")]
     pids: Vec<u32>,
@@ -124,6 +140,19 @@ enum Cmd {
         #[arg(long, default_value_t = 16)]
         channels: usize,
     },
+    /// Starts a `herald dev` with `--drain-window`, opens N connections,
+    /// SIGTERMs it: each connection's close code and time, the server's exit
+    /// time and status. Takes no --url, --ingest-url, --pid or secrets.
+    Drain {
+        #[arg(long)]
+        connections: usize,
+        /// The server's drain window (`--drain-window`).
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        window: Duration,
+        /// The herald binary [default: `herald` beside herald-loadgen].
+        #[arg(long, env = "HERALD_BIN")]
+        herald_bin: Option<PathBuf>,
+    },
     /// Fanout at rising rates until p99 (last subscriber) > bound or loss.
     Ramp {
         #[arg(long)]
@@ -167,6 +196,7 @@ impl Cmd {
             Cmd::Idle { .. } => "idle",
             Cmd::Ingest { .. } => "ingest",
             Cmd::Ramp { .. } => "ramp",
+            Cmd::Drain { .. } => "drain",
         }
     }
 
@@ -176,7 +206,8 @@ impl Cmd {
             Cmd::Fanout { subscribers, .. } | Cmd::Ramp { subscribers, .. } => *subscribers,
             Cmd::Channels { connections, .. }
             | Cmd::Connect { connections }
-            | Cmd::Idle { connections, .. } => *connections,
+            | Cmd::Idle { connections, .. }
+            | Cmd::Drain { connections, .. } => *connections,
             Cmd::Ingest { .. } => 0,
         }
     }
@@ -202,7 +233,7 @@ impl Cmd {
                 let top = start + step * (*max_steps as f64);
                 (vec![*start, top], vec![*duration_per_step])
             }
-            Cmd::Connect { .. } | Cmd::Idle { .. } => (vec![], vec![]),
+            Cmd::Connect { .. } | Cmd::Idle { .. } | Cmd::Drain { .. } => (vec![], vec![]),
         };
         if rates.iter().any(|r| !(0.0..=MAX_RATE).contains(r)) {
             bail!("rates must be between 0 and {MAX_RATE} msg/s");
@@ -215,6 +246,11 @@ impl Cmd {
         {
             bail!("--max-steps must be 1..=100");
         }
+        if let Cmd::Drain { window, .. } = self
+            && (window.is_zero() || *window > MAX_WINDOW)
+        {
+            bail!("--window must be above 0 and at most {MAX_WINDOW:?}");
+        }
         Ok(())
     }
 
@@ -223,6 +259,19 @@ impl Cmd {
         match self {
             Cmd::Fanout { duration, .. } | Cmd::Channels { duration, .. } => *duration + c.drain,
             Cmd::Connect { .. } => c.connect_timeout,
+            // Start, connects (1 ms each on top of the bound of one: the
+            // storm runs at several thousand per second), SIGTERM to exit.
+            Cmd::Drain {
+                connections,
+                window,
+                ..
+            } => {
+                let n = u64::try_from(*connections).unwrap_or(u64::MAX);
+                SERVER_START
+                    + c.connect_timeout
+                    + Duration::from_millis(n)
+                    + drain::after_term(*window)
+            }
             Cmd::Idle {
                 checkpoints,
                 settle,
@@ -244,6 +293,20 @@ impl Cmd {
 
 async fn run(cmd: &Cmd, c: &Common) -> anyhow::Result<Report> {
     match cmd {
+        Cmd::Drain {
+            connections,
+            window,
+            herald_bin,
+        } => {
+            let p = drain::Drain {
+                herald_bin: server::herald_bin(herald_bin.as_deref())?,
+                connections: *connections,
+                window: *window,
+                connect_concurrency: c.connect_concurrency,
+                connect_timeout: c.connect_timeout,
+            };
+            drain::drain(&p).await
+        }
         Cmd::Fanout {
             subscribers,
             rate,
@@ -328,6 +391,35 @@ async fn run(cmd: &Cmd, c: &Common) -> anyhow::Result<Report> {
     }
 }
 
+/// The server under test named by the flags. `drain` starts its own, so it
+/// refuses flags naming another one and gets a placeholder here (its
+/// scenario builds the real target once the server listens).
+fn cli_target(cli: &Cli) -> anyhow::Result<Target> {
+    if let Cmd::Drain { .. } = cli.cmd {
+        if cli.url.is_some() || cli.ingest_url.is_some() || !cli.pids.is_empty() {
+            bail!(
+                "drain starts and measures its own herald dev: --url, --ingest-url and --pid \
+                 do not apply"
+            );
+        }
+        return Target::new(DEFAULT_URL, "", "");
+    }
+    let url = cli.url.as_deref().unwrap_or(DEFAULT_URL);
+    let api_key = cli
+        .api_key
+        .as_deref()
+        .context("--api-key (or HERALD_API_KEY) is required")?;
+    let jwt_secret = cli
+        .jwt_secret
+        .as_deref()
+        .context("--jwt-secret (or HERALD_JWT_SECRET) is required")?;
+    let t = Target::new(url, api_key, jwt_secret)?;
+    match &cli.ingest_url {
+        Some(i) => t.with_ingest(i),
+        None => Ok(t),
+    }
+}
+
 /// Validates the flags, runs the scenario under the hard deadline; the
 /// report and the exit status (0 ran, 1 error, 2 deadline).
 fn execute(cli: &Cli) -> (Report, i32) {
@@ -343,10 +435,7 @@ fn execute(cli: &Cli) -> (Report, i32) {
         cli.cmd.check()?;
         target::check_fd_budget(cli.cmd.connections())?;
         let common = Common {
-            target: match &cli.ingest_url {
-                Some(i) => Target::new(&cli.url, &cli.api_key, &cli.jwt_secret)?.with_ingest(i)?,
-                None => Target::new(&cli.url, &cli.api_key, &cli.jwt_secret)?,
-            },
+            target: cli_target(cli)?,
             pids: cli.pids.iter().map(u32::to_string).collect(),
             size: cli.size,
             publish_concurrency: cli.publish_concurrency.max(1),

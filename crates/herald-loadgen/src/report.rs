@@ -3,6 +3,7 @@
 //! parse it).
 
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use crate::procstat::{ProcFigures, round3};
@@ -113,6 +114,65 @@ pub struct IdleFigures {
     pub points: Vec<RssPoint>,
 }
 
+/// Drain figures: how a SIGTERMed server closed its connections. Times are
+/// seconds (`_s`) or milliseconds (`_ms`) after the SIGTERM, as the load
+/// generator saw them (it shares the machine with the server).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DrainFigures {
+    /// Connections open (welcomed) when the SIGTERM went out.
+    pub connections: u64,
+    /// The drain window the server was started with.
+    pub window_s: f64,
+    /// Connections whose end was seen.
+    pub closed: u64,
+    /// Connections still open when the run stopped waiting.
+    pub still_open: u64,
+    /// Close code (`"1012"`, `"1006"` for a socket that just ended, ...)
+    /// -> connections.
+    pub codes: BTreeMap<String, u64>,
+    /// Connections that received a `disconnect` frame.
+    pub disconnect_frames: u64,
+    /// Of those, the ones whose close code was not the frame's.
+    pub disconnect_mismatches: u64,
+    /// Closes seen before the SIGTERM (none expected).
+    pub closed_before_term: u64,
+    /// First 1012.
+    pub first_1012_s: Option<f64>,
+    /// Last 1012.
+    pub last_1012_s: Option<f64>,
+    /// Last close of any code.
+    pub last_close_s: f64,
+    /// `last_close_s / window_s` (the target: at most 1.1).
+    pub last_close_per_window: f64,
+    /// Close times (ms after the SIGTERM), every code; exact, from the
+    /// sorted times (not a histogram).
+    pub close_time: Percentiles,
+    /// Largest gap between two consecutive closes.
+    pub max_gap_ms: f64,
+    /// Where that gap began.
+    pub max_gap_at_s: f64,
+    /// Largest lateness of the i-th close against `window * i / N`.
+    pub max_late_ms: f64,
+    /// Largest earliness of the i-th close against `window * i / N`.
+    pub max_early_ms: f64,
+    /// `max(max_late_ms, max_early_ms) / window`.
+    pub max_deviation_per_window: f64,
+    /// Closes in each tenth of the window, then after the window (11).
+    pub per_tenth: Vec<u64>,
+    /// When the server's exit was seen (it is the loadgen's child).
+    pub server_exit_s: Option<f64>,
+    /// Its exit status, when it exited normally.
+    pub server_exit_code: Option<i32>,
+    /// The signal that ended it, if one did.
+    pub server_exit_signal: Option<i32>,
+    /// The run killed the server: it outlived the window + 5 s + slack.
+    pub server_killed: bool,
+    /// Server CPU seconds from the SIGTERM to its exit.
+    pub server_drain_cpu_s: f64,
+    /// Server RSS with every connection open, just before the SIGTERM, KiB.
+    pub server_rss_at_term_kb: u64,
+}
+
 /// One ramp step.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RampStep {
@@ -131,7 +191,7 @@ pub struct RampStep {
 /// Everything one run measured.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
-    /// `fanout`, `channels`, `connect`, `idle`, `ingest` or `ramp`.
+    /// `fanout`, `channels`, `connect`, `idle`, `ingest`, `ramp` or `drain`.
     pub scenario: String,
     /// Random id of the run (in channel names and subs).
     pub run: String,
@@ -153,6 +213,9 @@ pub struct Report {
     /// Idle figures.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idle: Option<IdleFigures>,
+    /// Drain figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drain: Option<DrainFigures>,
     /// Ramp steps.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub steps: Option<Vec<RampStep>>,
@@ -238,6 +301,9 @@ impl Report {
                 );
             }
         }
+        if let Some(d) = &self.drain {
+            drain_rows(&mut row, d);
+        }
         if let Some(steps) = &self.steps {
             for s in steps {
                 row(
@@ -310,6 +376,78 @@ fn delivery_rows(row: &mut impl FnMut(&str, String), d: &DeliveryFigures) {
     row("latency (per delivery)", pct(&d.latency));
     row("latency (last subscriber)", pct(&d.last_subscriber));
     row("publish request latency", pct(&d.publish_latency));
+}
+
+fn drain_rows(row: &mut impl FnMut(&str, String), d: &DrainFigures) {
+    let secs = |x: Option<f64>| x.map_or_else(|| "-".to_owned(), |s| format!("{s:.3} s"));
+    let codes: Vec<String> = d.codes.iter().map(|(c, n)| format!("{c}: {n}")).collect();
+    row(
+        "drained",
+        format!(
+            "{} of {} closed ({} still open), window {:.3} s",
+            d.closed, d.connections, d.still_open, d.window_s
+        ),
+    );
+    row("close codes", codes.join(", "));
+    row(
+        "disconnect frames",
+        format!(
+            "{} ({} not matching the close)",
+            d.disconnect_frames, d.disconnect_mismatches
+        ),
+    );
+    row(
+        "first / last 1012",
+        format!("{} / {}", secs(d.first_1012_s), secs(d.last_1012_s)),
+    );
+    row(
+        "last close / window",
+        format!(
+            "{:.3} s = {:.3} x window",
+            d.last_close_s, d.last_close_per_window
+        ),
+    );
+    row("close time after SIGTERM", pct(&d.close_time));
+    row(
+        "largest gap",
+        format!("{:.3} ms (from {:.3} s)", d.max_gap_ms, d.max_gap_at_s),
+    );
+    row(
+        "i-th close vs window*i/N",
+        format!(
+            "late <= {:.3} ms, early <= {:.3} ms ({:.4} x window)",
+            d.max_late_ms, d.max_early_ms, d.max_deviation_per_window
+        ),
+    );
+    row(
+        "closes per tenth of window",
+        format!("{:?} (last: after the window)", d.per_tenth),
+    );
+    let exit = match (d.server_exit_code, d.server_exit_signal) {
+        (Some(c), _) => format!("code {c}"),
+        (None, Some(s)) => format!("signal {s}"),
+        (None, None) => "not seen".to_owned(),
+    };
+    row(
+        "server exit",
+        format!(
+            "{} after {}{}",
+            exit,
+            secs(d.server_exit_s),
+            if d.server_killed {
+                " (KILLED by the run)"
+            } else {
+                ""
+            }
+        ),
+    );
+    row(
+        "server during the drain",
+        format!(
+            "cpu {:.2} s, rss at SIGTERM {} KiB",
+            d.server_drain_cpu_s, d.server_rss_at_term_kb
+        ),
+    );
 }
 
 fn pct(p: &Percentiles) -> String {

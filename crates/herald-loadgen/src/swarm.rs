@@ -1,6 +1,7 @@
 //! A swarm of load connections: opened with bounded concurrency from
 //! cycling 127.0.0.N sources, each then read by its own task until the run
-//! stops, feeding the [`Ledger`] when there is one.
+//! stops, feeding the [`Ledger`] when there is one and the [`CloseLog`] when
+//! there is one.
 //!
 //! Invariant: every task ends when the swarm's stop token fires or the
 //! swarm drops; no connection outlives its run.
@@ -13,7 +14,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::conn::{Conn, Incoming, scan_message};
+use crate::closes::{ABNORMAL, CloseLog, NO_STATUS};
+use crate::conn::{Conn, Incoming, scan_disconnect, scan_message};
 use crate::target::{SourceAddrs, Target};
 use crate::track::{Ledger, SeqTrack, new_histogram, now_ns};
 
@@ -56,6 +58,7 @@ pub struct Swarm {
     target: Target,
     spec: SwarmSpec,
     ledger: Option<Arc<Ledger>>,
+    closes: Option<Arc<CloseLog>>,
     sources: Arc<SourceAddrs>,
     /// Counters.
     pub stats: Arc<SwarmStats>,
@@ -73,6 +76,7 @@ impl Swarm {
             target: target.clone(),
             spec,
             ledger,
+            closes: None,
             sources: Arc::new(SourceAddrs::default()),
             stats: Arc::new(SwarmStats::default()),
             connect_latency: new_histogram(),
@@ -80,6 +84,13 @@ impl Swarm {
             tasks: JoinSet::new(),
             opened: 0,
         }
+    }
+
+    /// Records every server close (code, time, `disconnect` frame) of the
+    /// connections opened from now on in `log`, by connection index.
+    pub fn with_close_log(mut self, log: Arc<CloseLog>) -> Self {
+        self.closes = Some(log);
+        self
     }
 
     /// Connections attempted so far.
@@ -110,15 +121,18 @@ impl Swarm {
                 .acquire_owned()
                 .await
                 .expect("the semaphore is never closed");
-            let (target, sources, stats, ledger, stop, done, timeout) = (
+            let (target, sources, stats, stop, done, timeout) = (
                 self.target.clone(),
                 self.sources.clone(),
                 self.stats.clone(),
-                self.ledger.clone(),
                 self.stop.clone(),
                 done_tx.clone(),
                 self.spec.timeout,
             );
+            let sinks = Sinks {
+                ledger: self.ledger.clone(),
+                closes: self.closes.clone(),
+            };
             self.tasks.spawn(async move {
                 let t0 = now_ns();
                 let opened = Conn::open(&target, Some(sources.next()), &token, timeout).await;
@@ -143,7 +157,7 @@ impl Swarm {
                     }
                 };
                 drop(done);
-                read_loop(i, conn, ledger, stats, stop).await;
+                read_loop(i, conn, sinks, stats, stop).await;
             });
             // Account for finished handshakes as we go (the channel is bounded).
             while let Ok(r) = done_rx.try_recv() {
@@ -178,14 +192,21 @@ impl Drop for Swarm {
     }
 }
 
+/// Where a reader reports what it sees.
+struct Sinks {
+    ledger: Option<Arc<Ledger>>,
+    closes: Option<Arc<CloseLog>>,
+}
+
 /// Reads one connection until the run stops, tracking seqs per channel.
 async fn read_loop(
     idx: usize,
     mut conn: Conn,
-    ledger: Option<Arc<Ledger>>,
+    sinks: Sinks,
     stats: Arc<SwarmStats>,
     stop: CancellationToken,
 ) {
+    let Sinks { ledger, closes } = sinks;
     let mut tracks: Vec<(Vec<u8>, SeqTrack)> = conn
         .subs
         .iter()
@@ -205,13 +226,25 @@ async fn read_loop(
                 stats
                     .last_close_code
                     .store(u64::from(code.unwrap_or(0)), Ordering::Relaxed);
+                if let Some(log) = &closes {
+                    log.closed(idx, code.unwrap_or(NO_STATUS), now_ns());
+                }
                 return;
             }
-            Err(_) => {
+            Ok(Incoming::Dropped) | Err(_) => {
                 stats.closed_by_server.fetch_add(1, Ordering::Relaxed);
+                if let Some(log) = &closes {
+                    log.closed(idx, ABNORMAL, now_ns());
+                }
                 return;
             }
         };
+        if let Some(log) = &closes
+            && let Some(code) = scan_disconnect(&frame)
+        {
+            log.disconnect(idx, code, now_ns());
+            continue;
+        }
         let Some(ledger) = &ledger else { continue };
         let Some(d) = scan_message(&frame) else {
             continue;

@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used)]
 //! Smoke test of every scenario: the built `herald-loadgen` against a real
-//! `herald dev` (debug build, from herald-testkit), tiny sizes. Checks that
+//! `herald dev` (debug build, from herald-testkit; `drain` starts that
+//! binary itself), tiny sizes. Checks that
 //! the figures are produced and agree with each other (delivered =
 //! published x subscribers, nothing lost, duplicated or reordered,
 //! percentiles ordered, memory read), never how fast anything was.
@@ -283,6 +284,87 @@ async fn ramp_two_steps() {
     }
     assert_eq!(v["max_sustained_rate"], serde_json::json!(20.0));
     server_measured(&v, h.pid());
+}
+
+/// `drain` starts its own herald (the debug build here), so it runs without
+/// `--url`, `--pid` or secrets. Checks that every connection saw 1012 (close
+/// frame and `disconnect` frame) and the server exited 0; the times are
+/// measured, not asserted, beyond their order.
+#[tokio::test]
+async fn drain_closes_every_connection_with_1012() {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald-loadgen"))
+        .args(["drain", "--connections", "200", "--window", "1s"])
+        .arg("--herald-bin")
+        .arg(herald_testkit::herald_bin())
+        .env_remove("HERALD_API_KEY")
+        .env_remove("HERALD_JWT_SECRET")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(RUN_TIMEOUT, out)
+        .await
+        .expect("loadgen finishes within its bound")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(herald_loadgen::RESULT_PREFIX))
+        .unwrap_or_else(|| panic!("no RESULT line: {stdout}"));
+    let v: Value = serde_json::from_str(line).unwrap();
+    assert_eq!(v["scenario"], "drain");
+    assert_eq!(v["timed_out"], false, "{stdout}");
+    assert_eq!(v["errors"], serde_json::json!([]), "{stdout}");
+    let c = &v["connections"];
+    assert_eq!((u(c, "/connected"), u(c, "/failed")), (200, 0), "{c}");
+    let d = &v["drain"];
+    assert_eq!(f(d, "/window_s"), 1.0);
+    assert_eq!(
+        (u(d, "/connections"), u(d, "/closed"), u(d, "/still_open")),
+        (200, 200, 0),
+        "{d}"
+    );
+    assert_eq!(d["codes"], serde_json::json!({ "1012": 200 }), "{d}");
+    assert_eq!(u(d, "/disconnect_frames"), 200, "{d}");
+    assert_eq!(u(d, "/disconnect_mismatches"), 0, "{d}");
+    assert_eq!(u(d, "/closed_before_term"), 0, "{d}");
+    assert_eq!(d["server_exit_code"], 0, "{d}");
+    assert_eq!(d["server_exit_signal"], Value::Null, "{d}");
+    assert_eq!(d["server_killed"], false, "{d}");
+    assert!(f(d, "/server_exit_s") > 0.0, "{d}");
+    ordered_percentiles(&d["close_time"], 200);
+    assert!(f(d, "/first_1012_s") <= f(d, "/last_1012_s"), "{d}");
+    assert_eq!(f(d, "/last_1012_s"), f(d, "/last_close_s"), "{d}");
+    let tenths: Vec<u64> = d["per_tenth"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect();
+    assert_eq!((tenths.len(), tenths.iter().sum::<u64>()), (11, 200), "{d}");
+    for k in ["/max_gap_ms", "/max_late_ms", "/max_early_ms"] {
+        assert!(f(d, k) >= 0.0, "{d}");
+    }
+    assert!(u(d, "/server_rss_at_term_kb") > 0, "{d}");
+    // The server is measured over the connect phase, up to the SIGTERM.
+    let s = &v["server"][0];
+    assert!(u(s, "/rss_after_kb") > 0, "{s}");
+    assert!(
+        stdout.contains("close codes") && stdout.contains("1012: 200"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn drain_refuses_a_server_it_did_not_start() {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald-loadgen"))
+        .args(["--pid", "1", "drain", "--connections", "1"])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("its own herald dev"), "{stdout}");
 }
 
 #[tokio::test]

@@ -39,7 +39,7 @@ pub struct Idle {
     pub hold: Duration,
 }
 
-fn conn_figures(swarm: &Swarm, requested: usize, secs: f64) -> ConnFigures {
+pub(super) fn conn_figures(swarm: &Swarm, requested: usize, secs: f64) -> ConnFigures {
     let connected = swarm.connected();
     #[allow(clippy::cast_precision_loss)]
     ConnFigures {
@@ -53,7 +53,7 @@ fn conn_figures(swarm: &Swarm, requested: usize, secs: f64) -> ConnFigures {
     }
 }
 
-fn swarm_errors(swarm: &Swarm) -> Vec<String> {
+pub(super) fn swarm_errors(swarm: &Swarm) -> Vec<String> {
     swarm
         .stats
         .first_error

@@ -4,10 +4,13 @@
 //!
 //! - [`delivery`]: `fanout`, `channels` and `ramp` (subscribers + publisher);
 //! - [`conns`]: `connect` (storm) and `idle` (memory per connection);
-//! - [`ingest`]: publish throughput with no subscribers.
+//! - [`ingest`]: publish throughput with no subscribers;
+//! - [`drain`]: a SIGTERMed server closing its connections (it starts that
+//!   server itself, the only scenario that does).
 
 pub mod conns;
 pub mod delivery;
+pub mod drain;
 pub mod ingest;
 
 use std::time::Duration;
