@@ -464,7 +464,12 @@ async fn serve_node(node: Node) -> anyhow::Result<()> {
         None => app.admin = Some(admin),
     }
     let addr = node.public.local_addr()?;
-    let public = tokio::spawn(server::serve(node.public, app, stop.clone(), node.header_timeout));
+    let public = tokio::spawn(server::serve(
+        node.public,
+        app,
+        stop.clone(),
+        node.header_timeout,
+    ));
     if let Some(b) = node.banner {
         println!("{b}");
     }
