@@ -2667,7 +2667,7 @@ async fn run(seed: u64, count: usize) {
     for a in &anomalies {
         println!("  ANOMALY {a}");
     }
-    println!(
+    let summary = format!(
         "FAULT RUN: seed={seed} faults={} messages={} acked={} deliveries={} lost={} duplicated={} reordered={} recovered_false={} worst_delay_ms={} p99_delay_ms={p99} worst_delay_unstalled_ms={worst_unstalled} anomalies={} duration_s={total_s:.0}",
         faults.len(),
         fig.committed,
@@ -2680,6 +2680,13 @@ async fn run(seed: u64, count: usize) {
         fig.worst_delay,
         anomalies.len()
     );
+    println!("{summary}");
+    // Straight to the process's stderr, past the test harness's capture, so
+    // CI's log shows the figures of a passing run too.
+    {
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "{summary}");
+    }
 
     let missing_kinds: Vec<&str> = per_kind
         .iter()
