@@ -714,6 +714,118 @@ impl Hub {
             .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
             .sum()
     }
+
+    /// Totals of the table and its `top` channels by local subscribers
+    /// (most first, then by name), for the admin page. One shard lock at a
+    /// time, each held only to walk that shard; at most `top` names are
+    /// kept (a bounded heap), so the answer and the copying stay bounded
+    /// whatever the number of channels.
+    pub fn channel_stats(&self, top: usize) -> ChannelStats {
+        let mut stats = ChannelStats::default();
+        let mut heap = TopN::new(top);
+        for s in self.shards.iter() {
+            let s = s.lock().unwrap_or_else(|e| e.into_inner());
+            stats.channels += s.len();
+            for (name, chan) in s.iter() {
+                stats.subscriptions += chan.subs.len();
+                heap.offer(chan.subs.len(), name.as_str(), || name.clone());
+            }
+        }
+        stats.top = heap.into_sorted();
+        stats
+    }
+}
+
+/// The local subscription table seen from the admin page
+/// ([`Hub::channel_stats`]).
+#[derive(Debug, Clone, Default)]
+pub struct ChannelStats {
+    /// Channels with at least one local subscriber.
+    pub channels: usize,
+    /// Subscriptions held by local connections.
+    pub subscriptions: usize,
+    /// The busiest channels and their local subscriber counts, most first
+    /// (ties by name).
+    pub top: Vec<(ChannelName, usize)>,
+}
+
+/// The `n` largest items by count (ties: the smaller name first), without
+/// copying the items that do not make it: `make` runs only for an item that
+/// enters the heap.
+pub(crate) struct TopN<T> {
+    n: usize,
+    /// Min-heap on (count, name reversed): its top is the item to drop next.
+    heap: std::collections::BinaryHeap<std::cmp::Reverse<Ranked<T>>>,
+}
+
+/// An item ranked by count, then by name (the smaller name ranks higher).
+pub(crate) struct Ranked<T> {
+    count: usize,
+    item: T,
+}
+
+impl<T: AsRef<str>> Ranked<T> {
+    fn key(&self) -> (usize, std::cmp::Reverse<&str>) {
+        (self.count, std::cmp::Reverse(self.item.as_ref()))
+    }
+}
+
+impl<T: AsRef<str>> PartialEq for Ranked<T> {
+    fn eq(&self, o: &Self) -> bool {
+        self.key() == o.key()
+    }
+}
+impl<T: AsRef<str>> Eq for Ranked<T> {}
+impl<T: AsRef<str>> PartialOrd for Ranked<T> {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl<T: AsRef<str>> Ord for Ranked<T> {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&o.key())
+    }
+}
+
+impl<T: AsRef<str>> TopN<T> {
+    /// Keeps the `n` best.
+    pub(crate) fn new(n: usize) -> Self {
+        Self {
+            n,
+            heap: std::collections::BinaryHeap::with_capacity(n.min(1024) + 1),
+        }
+    }
+
+    /// Offers an item named `name`; `make` builds it (with that name) only
+    /// when it ranks among the best.
+    pub(crate) fn offer(&mut self, count: usize, name: &str, make: impl FnOnce() -> T) {
+        if self.n == 0 {
+            return;
+        }
+        if self.heap.len() >= self.n
+            && let Some(std::cmp::Reverse(worst)) = self.heap.peek()
+            && (count, std::cmp::Reverse(name)) <= worst.key()
+        {
+            return;
+        }
+        self.heap.push(std::cmp::Reverse(Ranked {
+            count,
+            item: make(),
+        }));
+        if self.heap.len() > self.n {
+            self.heap.pop();
+        }
+    }
+
+    /// The kept items, best first.
+    pub(crate) fn into_sorted(self) -> Vec<(T, usize)> {
+        // Ascending order of `Reverse` is descending rank: best first.
+        self.heap
+            .into_sorted_vec()
+            .into_iter()
+            .map(|std::cmp::Reverse(r)| (r.item, r.count))
+            .collect()
+    }
 }
 
 fn deliver_message(chan: &mut Channel, msg: &Msg, max_buffer: usize) {
@@ -1108,6 +1220,45 @@ mod tests {
         );
         assert!(f.hub.remove(&ch(), 1));
         assert!(!f.hub.has_channel(&ch()));
+    }
+
+    #[test]
+    fn top_n_keeps_the_largest_then_the_smaller_name() {
+        let mut t = TopN::new(3);
+        for (name, n) in [("e", 1), ("b", 5), ("a", 2), ("d", 5), ("c", 2), ("f", 9)] {
+            t.offer(n, name, || name.to_owned());
+        }
+        let got: Vec<(String, usize)> = t.into_sorted();
+        assert_eq!(got, vec![("f".into(), 9), ("b".into(), 5), ("d".into(), 5)]);
+        let mut none = TopN::new(0);
+        none.offer(1, "x", || -> String {
+            unreachable!("nothing is kept with n = 0")
+        });
+        assert!(none.into_sorted().is_empty());
+    }
+
+    #[tokio::test]
+    async fn channel_stats_rank_channels_by_subscribers() {
+        let f = Fixture::new();
+        let conn = |n: u64| {
+            Arc::new(ConnHandle {
+                num: n,
+                id: Arc::from(format!("c{n}")),
+                enc: Encoding::Json,
+                outbox: Outbox::new(10),
+                client: OnceLock::new(),
+            })
+        };
+        let name = |s: &str| ChannelName::new(s).unwrap();
+        for (ch, conns) in [("chat_a", 1..=1), ("chat_b", 1..=3), ("chat_c", 1..=2)] {
+            for n in conns {
+                f.hub.add(&name(ch), &conn(n), false, None).unwrap();
+            }
+        }
+        let s = f.hub.channel_stats(2);
+        assert_eq!((s.channels, s.subscriptions), (3, 6));
+        assert_eq!(s.top, vec![(name("chat_b"), 3), (name("chat_c"), 2)]);
+        assert!(f.hub.channel_stats(0).top.is_empty());
     }
 
     #[tokio::test]

@@ -5,7 +5,7 @@
 //! in an in-process implementation, `herald gateway` an HTTP one.
 
 use async_trait::async_trait;
-use herald_protocol::api::HistoryPage;
+use herald_protocol::api::{HistoryPage, PublishAnswer};
 use herald_protocol::server::PublishResult;
 use herald_protocol::{ChannelName, ErrorCode, JsonData};
 
@@ -20,6 +20,19 @@ pub struct PublishCall {
     pub key: Option<String>,
     /// The client's `sub`: shown as `from`, and the idempotency scope.
     pub publisher: String,
+}
+
+/// An operator's publish (the admin page): one message to one or more
+/// channels, in the API key's idempotency scope and without a `from`, as
+/// `POST /v1/publish` from an application backend.
+#[derive(Debug, Clone)]
+pub struct ApiPublish {
+    /// Distinct channels, at least one (ingest checks the bound).
+    pub channels: Vec<ChannelName>,
+    /// The payload.
+    pub data: JsonData,
+    /// Idempotency key, scoped to the API key's owner.
+    pub key: Option<String>,
 }
 
 /// A failed ingest call, already mapped to its PROTOCOL.md code.
@@ -56,4 +69,12 @@ pub trait Ingest: Send + Sync + 'static {
     ) -> Result<HistoryPage, IngestError>;
     /// Each channel's last seq, in the order given (at most 1000).
     async fn positions(&self, channels: &[ChannelName]) -> Result<Vec<u64>, IngestError>;
+    /// Persists and fans out an operator's publish (the admin page's form).
+    /// Default: refused, for an ingest that serves only clients (tests).
+    async fn publish_api(&self, publish: ApiPublish) -> Result<PublishAnswer, IngestError> {
+        let _ = publish;
+        Err(IngestError::unavailable(
+            "this ingest does not take operator publishes",
+        ))
+    }
 }

@@ -29,13 +29,14 @@ pub mod ws;
 mod fuzz;
 
 pub use config::{AllowedOrigins, GatewayConfig, Limits, Route};
-pub use ingest::{Ingest, IngestError, PublishCall};
+pub use hub::ChannelStats;
+pub use ingest::{ApiPublish, Ingest, IngestError, PublishCall};
 
 use bytes::Bytes;
 use herald_auth::Verifier;
 use herald_bus::{Bus, Presence};
-use herald_protocol::api::{HistoryPage, percent_decode};
-use herald_protocol::server::PublishResult;
+use herald_protocol::api::{HistoryPage, PublishAnswer, percent_decode};
+use herald_protocol::server::{ClientInfo, PublishResult};
 use herald_protocol::{ChannelName, CloseCode, Encoding};
 use http_body_util::Full;
 use hub::{ConnHandle, Hub};
@@ -145,6 +146,19 @@ impl Inner {
 
 type Body = Full<Bytes>;
 
+/// This node's connections seen from the admin page
+/// ([`Gateway::connection_stats`]).
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionStats {
+    /// Open WebSocket connections.
+    pub connections: usize,
+    /// Distinct `sub`s among them.
+    pub users: usize,
+    /// The users with the most connections here and their counts, most
+    /// first (ties by `sub`).
+    pub top_users: Vec<(String, usize)>,
+}
+
 fn plain(status: StatusCode, text: &str) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(text.to_owned())));
     *r.status_mut() = status;
@@ -160,12 +174,12 @@ impl Gateway {
         bus: Arc<dyn Bus>,
         presence: Arc<dyn Presence>,
     ) -> Self {
-        metrics::describe();
-        // Gauges exist from the start, so a scrape shows 0 rather than nothing.
-        metrics::connections().set(0.0);
-        metrics::subscriptions().set(0.0);
-        metrics::channels().set(0.0);
-        metrics::stuck_channels().set(0.0);
+        // Every series exists from the start, so a scrape shows 0 rather
+        // than nothing (absent-series alerts, dashboards).
+        metrics::register_all();
+        metrics::max_connections().set(f64::from(
+            u32::try_from(cfg.limits.max_connections).unwrap_or(u32::MAX),
+        ));
         let attach_bus = bus.clone();
         let hub = Hub::new(
             ingest.clone(),
@@ -274,6 +288,77 @@ impl Gateway {
             .unwrap_or_else(|e| e.into_inner())
             .conns
             .len()
+    }
+
+    /// This node's name (`welcome.node`).
+    pub fn node_id(&self) -> &str {
+        &self.inner.cfg.node_id
+    }
+
+    /// Connection totals and the `top` users by connections here. One
+    /// registry lock, held to walk the per-user counts (not at all for
+    /// `top` 0); only the `top` names are copied.
+    pub fn connection_stats(&self, top: usize) -> ConnectionStats {
+        let mut heap = hub::TopN::new(top);
+        let r = self
+            .inner
+            .registry
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if top > 0 {
+            for (sub, n) in &r.per_user {
+                heap.offer(*n, sub, || sub.clone());
+            }
+        }
+        let (connections, users) = (r.conns.len(), r.per_user.len());
+        drop(r);
+        ConnectionStats {
+            connections,
+            users,
+            top_users: heap.into_sorted(),
+        }
+    }
+
+    /// Channel totals and the `top` channels by local subscribers
+    /// ([`Hub::channel_stats`]).
+    pub fn channel_stats(&self, top: usize) -> ChannelStats {
+        self.inner.hub.channel_stats(top)
+    }
+
+    /// Who is on `channel` now, on every node (the presence store).
+    pub async fn presence(
+        &self,
+        channel: &ChannelName,
+    ) -> Result<Vec<ClientInfo>, herald_bus::BusError> {
+        self.inner.presence.list(channel).await
+    }
+
+    /// A page of `channel`'s history through ingest, within the ingest
+    /// timeout.
+    pub async fn history(
+        &self,
+        channel: &ChannelName,
+        after: u64,
+        limit: u32,
+    ) -> Result<HistoryPage, IngestError> {
+        self.inner.ingest_history(channel, after, limit).await
+    }
+
+    /// `channel`'s last seq through ingest, within the ingest timeout.
+    pub async fn position(&self, channel: &ChannelName) -> Result<u64, IngestError> {
+        let p = self
+            .inner
+            .ingest_positions(std::slice::from_ref(channel))
+            .await?;
+        Ok(p.first().copied().unwrap_or(0))
+    }
+
+    /// An operator's publish through ingest ([`Ingest::publish_api`]),
+    /// within the ingest timeout.
+    pub async fn publish_api(&self, publish: ApiPublish) -> Result<PublishAnswer, IngestError> {
+        self.inner
+            .timed(self.inner.ingest.publish_api(publish))
+            .await
     }
 
     /// Whether the node is draining (then `/readyz` is 503).

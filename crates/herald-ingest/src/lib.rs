@@ -231,7 +231,8 @@ impl IngestService {
         bus: Arc<dyn Bus>,
         presence: Arc<dyn Presence>,
     ) -> Arc<Self> {
-        metrics::describe();
+        // Every series exists from the start (zero until the first publish).
+        metrics::register_all();
         let svc = Arc::new(Self {
             cfg,
             store,

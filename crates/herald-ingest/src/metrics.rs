@@ -1,47 +1,100 @@
-//! Ingest metrics (listed in docs/metrics.md).
+//! Ingest metrics: [`CATALOG`] lists every one (docs/metrics.md, "Ingest",
+//! must agree: a unit test compares them) and the accessor functions take
+//! their names and label values from it. [`register_all`] (called by
+//! [`crate::IngestService::new`]) creates every series at zero, so a node
+//! that took no publish yet already shows them all.
 
+use herald_bus::metrics::Metric;
 use metrics::{Counter, Histogram, counter, histogram};
+
+/// `herald_messages_published_total`.
+pub const MESSAGES_PUBLISHED: Metric = Metric::counter(
+    "herald_messages_published_total",
+    "Messages committed, one per channel",
+);
+/// `herald_publishes_total{result}`.
+pub const PUBLISHES: Metric = Metric::counter_by(
+    "herald_publishes_total",
+    "Publish calls by result",
+    "result",
+    &["ok", "duplicate", "error"],
+);
+/// `herald_publish_duration_seconds`.
+pub const PUBLISH_DURATION: Metric = Metric::histogram(
+    "herald_publish_duration_seconds",
+    "Time to commit a publish",
+);
+/// `herald_bus_publish_failures_total`.
+pub const BUS_PUBLISH_FAILURES: Metric = Metric::counter(
+    "herald_bus_publish_failures_total",
+    "Bus publishes that failed after commit",
+);
+/// `herald_ingest_requests_total{status}`.
+pub const INGEST_REQUESTS: Metric = Metric::counter_by(
+    "herald_ingest_requests_total",
+    "Ingest API requests by status class",
+    "status",
+    &["2xx", "4xx", "5xx"],
+);
+
+/// Every metric an ingest node records (docs/metrics.md, "Ingest").
+pub const CATALOG: &[Metric] = &[
+    MESSAGES_PUBLISHED,
+    PUBLISHES,
+    PUBLISH_DURATION,
+    BUS_PUBLISH_FAILURES,
+    INGEST_REQUESTS,
+];
+
+/// Describes and creates every series of [`CATALOG`] at zero (call once the
+/// recorder is installed; [`crate::IngestService::new`] does).
+pub fn register_all() {
+    herald_bus::metrics::register(CATALOG);
+}
 
 /// Messages published, one per channel of each committed publish.
 pub fn messages_published() -> Counter {
-    counter!("herald_messages_published_total")
+    counter!(MESSAGES_PUBLISHED.name)
 }
 /// Publish calls by result (`ok`, `duplicate`, `error`).
 pub fn publishes(result: &'static str) -> Counter {
-    counter!("herald_publishes_total", "result" => result)
+    debug_assert!(
+        PUBLISHES.allows(result),
+        "result {result} missing from the catalog"
+    );
+    counter!(PUBLISHES.name, "result" => result)
 }
 /// Seconds to commit a publish in the store.
 pub fn publish_duration() -> Histogram {
-    histogram!("herald_publish_duration_seconds")
+    histogram!(PUBLISH_DURATION.name)
 }
 /// Bus publishes that failed after the commit.
 pub fn bus_publish_failures() -> Counter {
-    counter!("herald_bus_publish_failures_total")
+    counter!(BUS_PUBLISH_FAILURES.name)
 }
-/// HTTP API requests by status class.
+/// HTTP API requests by status class (`2xx`, `4xx`, `5xx`).
 pub fn http_requests(status: &'static str) -> Counter {
-    counter!("herald_ingest_requests_total", "status" => status)
+    debug_assert!(
+        INGEST_REQUESTS.allows(status),
+        "status {status} missing from the catalog"
+    );
+    counter!(INGEST_REQUESTS.name, "status" => status)
 }
 
-/// Registers descriptions.
-pub fn describe() {
-    use metrics::{describe_counter, describe_histogram};
-    describe_counter!(
-        "herald_messages_published_total",
-        "Messages committed, one per channel"
-    );
-    describe_counter!("herald_publishes_total", "Publish calls by result");
-    describe_histogram!(
-        "herald_publish_duration_seconds",
-        metrics::Unit::Seconds,
-        "Time to commit a publish"
-    );
-    describe_counter!(
-        "herald_bus_publish_failures_total",
-        "Bus publishes that failed after commit"
-    );
-    describe_counter!(
-        "herald_ingest_requests_total",
-        "Ingest API requests by status class"
-    );
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_bus::metrics::docs_mismatches;
+
+    const DOCS: &str = include_str!("../../../docs/metrics.md");
+
+    #[test]
+    fn docs_list_exactly_the_ingest_catalog() {
+        let diff = docs_mismatches(DOCS, "Ingest", CATALOG);
+        assert!(
+            diff.is_empty(),
+            "docs/metrics.md and the ingest catalog disagree:\n{}",
+            diff.join("\n")
+        );
+    }
 }

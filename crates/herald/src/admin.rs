@@ -29,7 +29,6 @@ pub fn install_metrics(node_id: &str) -> anyhow::Result<PrometheusHandle> {
         .set_buckets(BUCKETS)?
         .install_recorder()?;
     let _ = HANDLE.set(h.clone());
-    herald_bus::metrics::describe();
     let up = h.clone();
     tokio::spawn(async move {
         let mut t = tokio::time::interval(Duration::from_secs(5));
@@ -52,6 +51,8 @@ pub struct Admin {
     pub ingest: Option<Arc<IngestService>>,
     /// Set when the node drains.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// The admin page and its API (`[admin] ui`), when enabled.
+    pub ui: Option<Arc<crate::admin_ui::AdminUi>>,
 }
 
 impl Admin {

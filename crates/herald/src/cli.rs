@@ -111,6 +111,10 @@ pub struct Common {
     /// [gateway] handshake_timeout (e.g. 10, "500ms").
     #[arg(long)]
     pub handshake_timeout: Option<String>,
+    /// [admin] ui: serve the admin page on the admin listener
+    /// (`--admin-ui`, or `--admin-ui=false`).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub admin_ui: Option<String>,
 }
 
 impl Common {
@@ -153,6 +157,7 @@ impl Common {
             ),
             ("gateway", "allowed_origins", &self.allowed_origins),
             ("gateway", "handshake_timeout", &self.handshake_timeout),
+            ("admin", "ui", &self.admin_ui),
         ];
         let mut out = Vec::new();
         for (k, v) in top {

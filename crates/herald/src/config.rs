@@ -52,6 +52,19 @@ pub struct Config {
     /// `[gateway]`.
     #[serde(default)]
     pub gateway: GatewaySection,
+    /// `[admin]`.
+    #[serde(default)]
+    pub admin: AdminSection,
+}
+
+/// `[admin]`: what the admin listener serves besides `/metrics`,
+/// `/healthz` and `/readyz`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    /// The admin page (`GET /admin`) and its API (`/admin/api/*`, behind
+    /// the API key). Off by default: the page can publish.
+    pub ui: bool,
 }
 
 /// `[gateway]`: what the WebSocket endpoint accepts before the upgrade.
@@ -376,7 +389,9 @@ pub fn env_overrides(env: &BTreeMap<String, String>) -> (Vec<Override>, Vec<Stri
         "api_key",
         "log_format",
     ];
-    const SECTIONS: &[&str] = &["auth", "bus", "store", "limits", "presence", "gateway"];
+    const SECTIONS: &[&str] = &[
+        "auth", "bus", "store", "limits", "presence", "gateway", "admin",
+    ];
     let mut out = Vec::new();
     let mut unknown = Vec::new();
     for (k, v) in env {
@@ -591,12 +606,24 @@ mod tests {
     }
 
     #[test]
+    fn admin_ui_is_off_unless_asked() {
+        assert!(!load(None, &[], &[]).unwrap().admin.ui);
+        assert!(load(None, &[ov("admin.ui", "true")], &[]).unwrap().admin.ui);
+        let c = load(None, &[ov("admin.ui", "true")], &[ov("admin.ui", "false")]).unwrap();
+        assert!(!c.admin.ui);
+        let e = load(None, &[ov("admin.ui", "yes please")], &[]).unwrap_err();
+        assert!(format!("{e:#}").contains("ui"), "{e:#}");
+    }
+
+    #[test]
     fn env_names() {
         let env: BTreeMap<String, String> = [
             ("HERALD_LIMITS__MAX_QUEUE_BYTES", "5"),
             ("HERALD_LISTEN", "1.2.3.4:5"),
             ("HERALD_TEST_DATABASE_URL", "x"),
             ("HERALD_LIMIT__TYPO", "1"),
+            ("HERALD_ADMIN__UI", "true"),
+            ("HERALD_ADMIN_LISTEN", "127.0.0.1:9"),
             ("PATH", "/bin"),
         ]
         .into_iter()
@@ -604,6 +631,8 @@ mod tests {
         .collect();
         let (o, unknown) = env_overrides(&env);
         assert!(o.contains(&ov("limits.max_queue_bytes", "5")));
+        assert!(o.contains(&ov("admin.ui", "true")));
+        assert!(o.contains(&ov("admin_listen", "127.0.0.1:9")));
         assert!(o.contains(&ov("listen", "1.2.3.4:5")));
         assert_eq!(unknown, vec!["HERALD_LIMIT__TYPO".to_owned()]);
         let caps = load(

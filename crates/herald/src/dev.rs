@@ -2,10 +2,10 @@
 //! SQLite, the demo page and a printed token, for a laptop.
 
 use async_trait::async_trait;
-use herald_gateway::{Ingest, IngestError, PublishCall};
+use herald_gateway::{ApiPublish, Ingest, IngestError, PublishCall};
 use herald_ingest::{IngestService, PublishInput};
 use herald_protocol::ChannelName;
-use herald_protocol::api::HistoryPage;
+use herald_protocol::api::{HistoryPage, PublishAnswer};
 use herald_protocol::server::PublishResult;
 use std::sync::Arc;
 
@@ -60,6 +60,29 @@ impl Ingest for InProcessIngest {
 
     async fn positions(&self, channels: &[ChannelName]) -> Result<Vec<u64>, IngestError> {
         self.0.positions(channels).await.map_err(map)
+    }
+
+    async fn publish_api(&self, p: ApiPublish) -> Result<PublishAnswer, IngestError> {
+        let a = self
+            .0
+            .publish(PublishInput {
+                channels: p.channels,
+                data: p.data,
+                key: p.key,
+                from: None,
+                publisher: herald_ingest::http::API_PUBLISHER.to_owned(),
+            })
+            .await
+            .map_err(map)?;
+        Ok(PublishAnswer {
+            id: a.id,
+            ts: a.ts,
+            seqs: a
+                .seqs
+                .into_iter()
+                .map(|(c, s)| (c.as_str().to_owned(), s))
+                .collect(),
+        })
     }
 }
 

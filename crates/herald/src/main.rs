@@ -5,9 +5,11 @@
 //! - [`config`]: file < environment < flags, validated once.
 //! - [`server`]: accept loop and router.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`admin_ui`]: the admin page and its API (`[admin] ui`).
 //! - [`dev`]: `herald dev` wiring (in-process ingest, demo page).
 
 mod admin;
+mod admin_ui;
 mod cli;
 mod config;
 mod dev;
@@ -114,6 +116,7 @@ async fn redis(cfg: &Config) -> anyhow::Result<(Arc<dyn Bus>, Arc<dyn Presence>)
     })
     .await
     .map_err(|e| anyhow!("connecting to Redis at {url}: {e}"))?;
+    herald_bus::metrics::register_all();
     let presence = bus.presence(cfg.presence.ttl);
     Ok((Arc::new(bus), Arc::new(presence)))
 }
@@ -147,6 +150,16 @@ async fn ingest_cmd(common: Common) -> anyhow::Result<()> {
         bus,
         presence,
     );
+    let admin_ui = cfg.admin.ui.then(|| {
+        admin_ui::AdminUi::new(admin_ui::Parts {
+            role: "ingest",
+            node_id: node_id.clone(),
+            api_key: ingest.config().api_key.clone(),
+            gateway: None,
+            ingest: Some(ingest.clone()),
+            max_data_bytes: limits.max_data_bytes,
+        })
+    });
     let public = bind(&listen).await?;
     let app = server::App {
         gateway: None,
@@ -164,6 +177,7 @@ async fn ingest_cmd(common: Common) -> anyhow::Result<()> {
         ingest: Some(ingest),
         banner: None,
         header_timeout: cfg.gateway.handshake_timeout,
+        admin_ui,
     })
     .await
 }
@@ -192,6 +206,7 @@ async fn gateway_cmd(common: Common) -> anyhow::Result<()> {
         .map_err(|e| anyhow!("auth configuration: {e}"))?;
     let metrics = admin::install_metrics(&node_id)?;
     let (bus, presence) = redis(&cfg).await?;
+    let max_data_bytes = limits.max_data_bytes;
     let ingest = Arc::new(herald_gateway::http_ingest::HttpIngest::new(
         &ingest_url,
         &api_key,
@@ -212,6 +227,16 @@ async fn gateway_cmd(common: Common) -> anyhow::Result<()> {
         bus,
         presence,
     );
+    let admin_ui = cfg.admin.ui.then(|| {
+        admin_ui::AdminUi::new(admin_ui::Parts {
+            role: "gateway",
+            node_id: gateway.node_id().to_owned(),
+            api_key: api_key.clone(),
+            gateway: Some(gateway.clone()),
+            ingest: None,
+            max_data_bytes,
+        })
+    });
     let public = bind(&listen).await?;
     let app = server::App {
         gateway: Some(gateway.clone()),
@@ -229,6 +254,7 @@ async fn gateway_cmd(common: Common) -> anyhow::Result<()> {
         ingest: None,
         banner: None,
         header_timeout: cfg.gateway.handshake_timeout,
+        admin_ui,
     })
     .await
 }
@@ -340,6 +366,16 @@ async fn dev(common: Common) -> anyhow::Result<()> {
         presence,
     );
 
+    let admin_ui = cfg.admin.ui.then(|| {
+        admin_ui::AdminUi::new(admin_ui::Parts {
+            role: "dev",
+            node_id: node_id.clone(),
+            api_key: api_key.clone(),
+            gateway: Some(gateway.clone()),
+            ingest: Some(ingest.clone()),
+            max_data_bytes: ingest.config().max_data_bytes,
+        })
+    });
     let listener = bind(&listen).await?;
     let addr = listener.local_addr()?;
     let minter = herald_auth::Minter::hs256(secret.as_bytes());
@@ -408,6 +444,7 @@ async fn dev(common: Common) -> anyhow::Result<()> {
         ingest: Some(ingest),
         banner: Some(banner),
         header_timeout: cfg.gateway.handshake_timeout,
+        admin_ui,
     })
     .await
 }
@@ -425,6 +462,8 @@ struct Node {
     banner: Option<String>,
     /// `[gateway] handshake_timeout`: a whole request head within it.
     header_timeout: std::time::Duration,
+    /// The admin page, when `[admin] ui` is on.
+    admin_ui: Option<Arc<admin_ui::AdminUi>>,
 }
 
 /// Serves a node, then drains it on SIGTERM (DESIGN.md guarantee 6): not
@@ -437,6 +476,7 @@ async fn serve_node(node: Node) -> anyhow::Result<()> {
         gateway: node.gateway.clone(),
         ingest: node.ingest.clone(),
         draining: draining.clone(),
+        ui: node.admin_ui,
     };
     let stop = CancellationToken::new();
     let mut servers = Vec::new();

@@ -27,7 +27,8 @@ pub struct App {
     pub gateway: Option<Gateway>,
     /// `/v1/*`.
     pub ingest: Option<Arc<IngestService>>,
-    /// `/metrics`, `/healthz`, `/readyz` (when served on this listener).
+    /// `/metrics`, `/healthz`, `/readyz` and, when enabled, `/admin` (when
+    /// served on this listener).
     pub admin: Option<Admin>,
     /// `/demo` page, already rendered.
     pub demo: Option<Bytes>,
@@ -51,6 +52,12 @@ impl App {
             && herald_ingest::http::is_api_path(path)
         {
             return herald_ingest::http::handle(ingest, req).await;
+        }
+        if let Some(admin) = &self.admin
+            && let Some(ui) = &admin.ui
+            && crate::admin_ui::is_ui_path(path)
+        {
+            return ui.handle(admin, req).await;
         }
         if let Some(admin) = &self.admin
             && let Some(r) = admin.handle(req.method(), path).await
