@@ -85,8 +85,15 @@ pub async fn handle(svc: &IngestService, req: Request<Incoming>) -> Resp {
 }
 
 fn authorized(svc: &IngestService, req: &Request<Incoming>) -> bool {
-    let Some(given) = req
-        .headers()
+    bearer_matches(req.headers(), &svc.config().api_key)
+}
+
+/// Whether `headers` carry `Authorization: Bearer <key>` for this API key,
+/// compared in constant time in the key's content (the length is not
+/// secret). An empty configured key matches nothing. Shared with the admin
+/// page's API, which takes the same key.
+pub fn bearer_matches(headers: &http::HeaderMap, key: &str) -> bool {
+    let Some(given) = headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
@@ -96,8 +103,7 @@ fn authorized(svc: &IngestService, req: &Request<Incoming>) -> bool {
     else {
         return false;
     };
-    let want = svc.config().api_key.as_bytes();
-    // Constant time in the key's content (the length is not secret).
+    let want = key.as_bytes();
     !want.is_empty() && bool::from(given.trim().as_bytes().ct_eq(want))
 }
 
