@@ -1073,14 +1073,26 @@ struct Member {
 
 impl Member {
     async fn connect(t: &Topology, gw: usize, name: &'static str, enc: Encoding) -> Member {
+        Self::connect_granted(t, gw, name, enc, true).await
+    }
+
+    /// As [`Member::connect`]; `presence` says whether the token grants
+    /// presence on `room_*` (without it the client is still listed, it
+    /// just may not read the list or its events).
+    async fn connect_granted(
+        t: &Topology,
+        gw: usize,
+        name: &'static str,
+        enc: Encoding,
+        presence: bool,
+    ) -> Member {
         let sub = format!("user:{name}");
         let info = json!({"name": name, "role": "operator", "gateway": gw});
-        let tok = t.sign(
-            TokenBuilder::new(&sub)
-                .allow("subscribe", &["room_*"])
-                .allow("presence", &["room_*"])
-                .info(info.clone()),
-        );
+        let mut b = TokenBuilder::new(&sub).allow("subscribe", &["room_*"]);
+        if presence {
+            b = b.allow("presence", &["room_*"]);
+        }
+        let tok = t.sign(b.info(info.clone()));
         let (c, w) = Connect::new(&t.gateways[gw])
             .token(&tok)
             .encoding(enc)
@@ -1286,6 +1298,61 @@ async fn presence_across_nodes() {
     for m in [&a, &b, &c] {
         m.check_no_own_events();
     }
+}
+
+/// PROTOCOL.md section 5: the presence list is who is subscribed now,
+/// whatever their grants (a chat widget's visitor holds no presence grant,
+/// yet the operators see it in the conversation). Such an entry must live
+/// as long as the subscription: a Redis-backed gateway refreshes every
+/// local entry every ttl / 3, not only the granted ones, so the visitor is
+/// never seen to `leave` while connected. Watched for three ttl (the entry
+/// would expire after one), then the visitor disconnects and its `leave`
+/// arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_keeps_subscribers_without_a_grant() {
+    const CH: &str = "room_widget";
+    let redis = start_redis().await;
+    let mut spec = Spec::new(redis.url(), 2, 1);
+    spec.postgres = false;
+    spec.env = vec![("HERALD_PRESENCE__TTL".into(), PRESENCE_TTL.to_string())];
+    let t = Topology::start(spec).await;
+    let _logs = t.logs_on_panic();
+    let api = Api::new(&t.ingests[0]);
+
+    let mut op = Member::connect(&t, 0, "op", Encoding::Json).await;
+    let mut visitor = Member::connect_granted(&t, 1, "visitor", Encoding::Json, false).await;
+    op.c.subscribe(CH).await;
+    visitor.c.subscribe(CH).await;
+    let vc = visitor.client();
+    op.expect_event(CH, "join", &vc, STEP).await;
+    let both = roster(&[&op, &visitor]);
+    wait_presence_op(&mut op, CH, &both, STEP).await;
+
+    // Three ttl with no leave about anyone: each refresh must have kept the
+    // visitor's entry alive.
+    let watch = Duration::from_secs(3 * PRESENCE_TTL);
+    let until = Instant::now() + watch;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match op.c.next_event(left).await {
+            Some(Event::Frame(v)) if v["type"] == "presence" => {
+                panic!("presence event while everyone stayed subscribed: {v}")
+            }
+            Some(Event::Frame(_)) => {}
+            Some(other) => panic!("operator connection ended: {other:?}"),
+            None => break,
+        }
+    }
+    wait_presence_op(&mut op, CH, &both, STEP).await;
+    wait_presence_http(&api, CH, &both, STEP).await;
+
+    visitor.c.close().await;
+    op.expect_event(CH, "leave", &vc, STEP).await;
+    let alone = roster(&[&op]);
+    wait_presence_op(&mut op, CH, &alone, STEP).await;
 }
 
 // ---------------------------------------------------------------------------

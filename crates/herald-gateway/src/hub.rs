@@ -670,8 +670,12 @@ impl Hub {
         self.shards.len()
     }
 
-    /// The (channel, client) pairs of shard `shard` whose subscriber joined
-    /// presence, for the presence refresh. One shard at a time: a node's
+    /// The (channel, client) pairs of shard `shard`, for the presence
+    /// refresh. Every subscriber is in its channel's presence (PROTOCOL.md
+    /// section 5: the list is who is subscribed now; the grant decides who
+    /// may read it), so every one is refreshed: one left out expires after
+    /// the ttl and the others see it `leave` while it is still here. One
+    /// shard at a time: a node's
     /// whole set at once (19,000 copies of client info every ttl/3 on a
     /// node of one-member channels) would raise its resident memory for
     /// good.
@@ -682,7 +686,7 @@ impl Hub {
         let s = s.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = Vec::new();
         for (ch, chan) in s.iter() {
-            for sub in chan.subs.iter().filter(|sub| sub.presence) {
+            for sub in &chan.subs {
                 if let Some(c) = sub.conn.client.get() {
                     out.push((ch.clone(), c.clone()));
                 }
@@ -988,6 +992,12 @@ mod tests {
         async fn publish(&self, _: PublishCall) -> Result<PublishResult, IngestError> {
             Err(IngestError::unavailable("not used"))
         }
+        async fn events(
+            &self,
+            _: &[herald_protocol::webhook::GatewayEvent],
+        ) -> Result<(), IngestError> {
+            Err(IngestError::unavailable("not used"))
+        }
         async fn history(
             &self,
             ch: &ChannelName,
@@ -1262,7 +1272,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn presence_entries_hold_only_presence_subscribers() {
+    async fn presence_entries_hold_every_subscriber() {
         let f = Fixture::new();
         let conn = |n: u64| {
             let c = Arc::new(ConnHandle {
@@ -1279,16 +1289,19 @@ mod tests {
             });
             c
         };
-        // One subscriber with presence, one without (no presence grant):
-        // only the first may be refreshed, or re-joined when missing.
+        // One subscriber with a presence grant, one without: both are in
+        // the channel's presence (join() adds every subscriber), so both
+        // must be refreshed, or the second expires while still subscribed.
         f.hub.add(&ch(), &conn(1), true, None).unwrap();
         f.hub.add(&ch(), &conn(2), false, None).unwrap();
-        let all: Vec<(ChannelName, ClientInfo)> = (0..f.hub.shard_count())
+        let mut all: Vec<(ChannelName, ClientInfo)> = (0..f.hub.shard_count())
             .flat_map(|i| f.hub.presence_entries(i))
             .collect();
-        assert_eq!(all.len(), 1);
-        assert_eq!(all[0].0, ch());
+        all.sort_by(|a, b| a.1.conn.cmp(&b.1.conn));
+        assert_eq!(all.len(), 2);
+        assert!(all.iter().all(|(c, _)| *c == ch()));
         assert_eq!(all[0].1.conn, "c1");
+        assert_eq!(all[1].1.conn, "c2");
         assert!(f.hub.presence_entries(f.hub.shard_count()).is_empty());
     }
 }
