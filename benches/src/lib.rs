@@ -69,6 +69,15 @@ impl Ingest for NoHistory {
     async fn positions(&self, channels: &[ChannelName]) -> Result<Vec<u64>, IngestError> {
         Ok(vec![0; channels.len()])
     }
+
+    async fn events(
+        &self,
+        _: &[herald_protocol::webhook::GatewayEvent],
+    ) -> Result<(), IngestError> {
+        Err(IngestError::unavailable(
+            "benches configure no webhooks, so no gateway reports events",
+        ))
+    }
 }
 
 #[cfg(test)]

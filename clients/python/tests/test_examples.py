@@ -4,10 +4,12 @@ observed from a WebSocket subscriber."""
 
 from __future__ import annotations
 
+import http.server
 import importlib.util
 import json
 import os
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -233,3 +235,91 @@ def test_bot_refuses_bad_signatures(app_env: HeraldDev, monkeypatch: pytest.Monk
         assert client.post("/webhooks/herald", content=raw, headers={"Herald-Signature": old}).status_code == 400
         assert client.post("/webhooks/herald", content=raw).status_code == 400
         assert h.positions(chat) == {chat: 0}
+
+
+# ------------------------------------------- the bot driven by real webhooks
+
+
+class _Forward(http.server.BaseHTTPRequestHandler):
+    """Hands each request herald makes to the bot app, byte for byte (the
+    test venv has no ASGI server; FastAPI's TestClient plays one)."""
+
+    client: TestClient
+    lock = threading.Lock()
+    actions: list[tuple[str, str]] = []  # (event type, what the bot did)
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        with self.lock:
+            resp = self.client.post(self.path, content=raw, headers=dict(self.headers.items()))
+        body = resp.content
+        if resp.status_code == 200:
+            self.actions.append((json.loads(raw)["type"], resp.json()["action"]))
+        self.send_response(resp.status_code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_bot_driven_by_herald_webhooks(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """README "Connect your backend": ``herald dev --no-bot`` with the
+    example's ``herald-webhooks.toml`` (pointed at this test's port) sends
+    each visitor message to bot.py as a real signed webhook; the bot's
+    answer reaches the visitor over the WebSocket; after an operator's
+    handoff it stays silent."""
+    port = free_port()
+    config = (EXAMPLES / "fastapi" / "herald-webhooks.toml").read_text()
+    config = config.replace("http://127.0.0.1:8002/", f"http://127.0.0.1:{port}/")
+    assert f"127.0.0.1:{port}" in config
+    (tmp_path / "herald.toml").write_text(config)
+    dev = HeraldDev(tmp_path, extra=["--no-bot", "--config", str(tmp_path / "herald.toml")])
+    monkeypatch.setenv("APP_HERALD_URL", dev.api_url)
+    monkeypatch.setenv("APP_HERALD_API_KEY", dev.api_key)
+    monkeypatch.setenv("APP_WEBHOOK_SECRET", "whsec_dev")  # the file's secret
+    mod = load("fastapi/bot.py", "herald_example_bot3")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), _Forward)
+    try:
+        with TestClient(mod.app) as client:
+            _Forward.client = client
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+            chat = chan("chat")
+            visitor = mint_token(dev.secret, sub="visitor:abc", allow_subscribe=[chat], allow_publish=[chat])
+            op = mint_token(dev.secret, sub="op:42", allow_subscribe=[chat], allow_publish=[chat])
+            with WS(dev.ws_url, visitor) as v, WS(dev.ws_url, op) as o:
+                v.welcome()
+                o.welcome()
+                v.subscribe(chat)
+                o.subscribe(chat)
+                sent = v.request("publish", channel=chat, data={"role": "user", "content": "hi, prices?"})
+                mine = v.message(chat)
+                assert mine["id"] == sent["result"]["id"]
+                reply = v.message(chat, timeout=30)
+                assert reply["from"] == "bot:ai" and reply["data"]["reply_to"] == mine["id"]
+                o.request("publish", channel=chat, data={"type": "handoff"})
+                assert v.message(chat)["from"] == "op:42"
+                announced = v.message(chat, timeout=30)
+                assert announced["from"] == "bot:ai" and announced["data"]["type"] == "handoff"
+                # After the handoff: the visitor's message, then the
+                # operator's answer, and no bot message between them.
+                v.request("publish", channel=chat, data={"role": "user", "content": "hello?"})
+                assert v.message(chat)["from"] == "visitor:abc"
+                # Its webhook was handled, and the bot stayed silent.
+                deadline = time.monotonic() + 30
+                while ("publish", "handed-off") not in _Forward.actions:
+                    assert time.monotonic() < deadline, f"bot actions: {_Forward.actions}"
+                    time.sleep(0.05)
+                with Herald(dev.api_url, dev.api_key) as h:
+                    # visitor, bot reply, handoff, bot's handoff event, visitor
+                    assert h.positions(chat) == {chat: 5}
+                o.request("publish", channel=chat, data={"role": "operator", "content": "here"})
+                nxt = v.message(chat)
+                assert nxt["from"] == "op:42", f"a message after the handoff that is not the operator's: {nxt}"
+                assert _Forward.actions.count(("publish", "replied")) == 1, _Forward.actions
+    finally:
+        server.shutdown()
+        server.server_close()
+        dev.stop()

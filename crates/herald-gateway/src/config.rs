@@ -232,6 +232,9 @@ pub struct GatewayConfig {
     pub presence_ttl: Duration,
     /// `[gateway] allowed_origins`: browser origins allowed to upgrade.
     pub allowed_origins: AllowedOrigins,
+    /// What the `[[webhooks]]` endpoints want of client events (join,
+    /// leave, connect, disconnect); empty: none is reported.
+    pub webhook_events: Vec<crate::events::EventFilter>,
 }
 
 /// `[gateway] allowed_origins`: the browser origins that may open a
@@ -306,6 +309,7 @@ impl Default for GatewayConfig {
             ingest_timeout: Duration::from_secs(10),
             presence_ttl: Duration::from_secs(30),
             allowed_origins: AllowedOrigins::default(),
+            webhook_events: Vec::new(),
         }
     }
 }

@@ -10,6 +10,7 @@
 //!   message after the reply's seq is either replayed or buffered; the reply
 //!   goes first, then the replay, then the buffer, then live messages.
 
+use herald_protocol::webhook::EventKind;
 use crate::Inner;
 use crate::hub::{AddError, ConnHandle, GoLive};
 use crate::ingest::PublishCall;
@@ -401,11 +402,17 @@ async fn read_side(gw: Arc<Inner>, handle: Arc<ConnHandle>, rd: Reader, hs: Box<
         // The handshake (token text, recover= map) is not needed any more:
         // an idle connection should not keep it.
         drop(hs);
+        if welcomed {
+            gw.events.emit(EventKind::Connect, None, &conn.client_info());
+        }
         let linger_needed = !welcomed || conn.serve(&mut wsr).await;
         // Local state first, at once, whatever the bus and presence do: a
         // Redis outage must not hold the hub entries (or, below, the
         // connection's limit slots) for 2 s per channel.
         conn.release();
+        if welcomed {
+            gw.events.emit(EventKind::Disconnect, None, &conn.client_info());
+        }
         if linger_needed {
             Box::pin(linger(wsr, done)).await;
         }
@@ -1074,6 +1081,7 @@ impl Conn {
 
     async fn join(&self, ch: &ChannelName) {
         let client = self.client_info();
+        self.gw.events.emit(EventKind::Join, Some(ch), &client);
         if let Err(e) = self.gw.presence.join(ch, &client).await {
             tracing::warn!(channel = %ch, error = %e, "presence join failed");
         }
@@ -1082,6 +1090,9 @@ impl Conn {
 
     async fn leave(&self, ch: &ChannelName) {
         self.gw.hub.remove(ch, self.handle.num);
+        self.gw
+            .events
+            .emit(EventKind::Leave, Some(ch), &self.client_info());
         if let Err(e) = self.gw.presence.leave(ch, &self.handle.id).await {
             tracing::warn!(channel = %ch, error = %e, "presence leave failed");
         }
@@ -1138,8 +1149,13 @@ impl Conn {
         if subs.is_empty() {
             return;
         }
+        let events = self.gw.events.wants_any(EventKind::Leave);
+        let client = events.then(|| self.client_info());
         for ch in &subs {
             self.gw.hub.remove(ch, self.handle.num);
+            if let Some(c) = &client {
+                self.gw.events.emit(EventKind::Leave, Some(ch), c);
+            }
         }
         let gw = self.gw.clone();
         let client = self.client_info();

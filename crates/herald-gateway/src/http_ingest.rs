@@ -181,6 +181,18 @@ impl Ingest for HttpIngest {
         })
     }
 
+    async fn events(
+        &self,
+        events: &[herald_protocol::webhook::GatewayEvent],
+    ) -> Result<(), IngestError> {
+        let body = serde_json::to_vec(&serde_json::json!({ "events": events }))
+            .map_err(|e| IngestError::unavailable(e.to_string()))?;
+        let _: serde_json::Value = self
+            .call(http::Method::POST, "/v1/events", Some(body), None)
+            .await?;
+        Ok(())
+    }
+
     async fn publish_api(&self, p: ApiPublish) -> Result<PublishAnswer, IngestError> {
         // No publisher header: the API key's own scope, as a backend's
         // publish. Our own key when the operator gave none, so the retries

@@ -69,6 +69,11 @@ pub trait Ingest: Send + Sync + 'static {
     ) -> Result<HistoryPage, IngestError>;
     /// Each channel's last seq, in the order given (at most 1000).
     async fn positions(&self, channels: &[ChannelName]) -> Result<Vec<u64>, IngestError>;
+    /// Stores client events for webhooks (at most 1000; `POST /v1/events`).
+    async fn events(
+        &self,
+        events: &[herald_protocol::webhook::GatewayEvent],
+    ) -> Result<(), IngestError>;
     /// Persists and fans out an operator's publish (the admin page's form).
     /// Default: refused, for an ingest that serves only clients (tests).
     async fn publish_api(&self, publish: ApiPublish) -> Result<PublishAnswer, IngestError> {

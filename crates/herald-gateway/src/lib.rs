@@ -18,6 +18,7 @@
 pub mod config;
 pub mod conn;
 pub mod drain;
+pub mod events;
 pub mod http_ingest;
 pub mod hub;
 pub mod ingest;
@@ -63,6 +64,8 @@ pub struct Inner {
     tracker: TaskTracker,
     /// Counter handles looked up once, not per write.
     sent: metrics::Sent,
+    /// Client events for webhooks.
+    events: events::Events,
 }
 
 #[derive(Default)]
@@ -187,6 +190,7 @@ impl Gateway {
             cfg.gap_timeout,
             cfg.limits.max_queue_bytes,
         );
+        let events = events::Events::new(cfg.webhook_events.clone(), ingest.clone());
         let inner = Arc::new(Inner {
             cfg,
             verifier,
@@ -199,6 +203,7 @@ impl Gateway {
             draining: AtomicBool::new(false),
             tracker: TaskTracker::new(),
             sent: metrics::Sent::default(),
+            events,
         });
         let weak = Arc::downgrade(&inner.hub);
         let every = inner.cfg.catchup_interval;

@@ -169,6 +169,12 @@ pub const STUCK_CHANNELS: Metric = Metric::gauge(
     "Channels whose history read failed through every retry of the last catch-up or gap fill",
 );
 
+/// `herald_webhook_events_dropped_total`.
+pub const WEBHOOK_EVENTS_DROPPED: Metric = Metric::counter(
+    "herald_webhook_events_dropped_total",
+    "Client events for webhooks dropped because the queue to ingest was full",
+);
+
 /// Every metric a gateway records (docs/metrics.md, "Gateway").
 /// `herald_bus_bad_envelopes_total` is shared with the Redis bus's catalog.
 pub const CATALOG: &[Metric] = &[
@@ -190,6 +196,7 @@ pub const CATALOG: &[Metric] = &[
     REPLAY_HOLES,
     WRITE_STALLS,
     STUCK_CHANNELS,
+    WEBHOOK_EVENTS_DROPPED,
     BAD_ENVELOPES,
 ];
 
@@ -199,6 +206,10 @@ pub fn register_all() {
     herald_bus::metrics::register(CATALOG);
 }
 
+/// Client events for webhooks dropped at the full queue.
+pub fn webhook_events_dropped() -> Counter {
+    counter!(WEBHOOK_EVENTS_DROPPED.name)
+}
 /// Open WebSocket connections.
 pub fn connections() -> Gauge {
     gauge!(CONNECTIONS.name)

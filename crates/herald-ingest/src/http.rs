@@ -122,6 +122,7 @@ async fn dispatch(svc: &IngestService, req: Request<Incoming>) -> Result<Resp, I
         (&Method::POST, ["v1", "publish"])
             | (&Method::POST, ["v1", "signal"])
             | (&Method::POST, ["v1", "positions"])
+            | (&Method::POST, ["v1", "events"])
             | (&Method::GET, ["v1", "channels", _, "messages"])
             | (&Method::GET, ["v1", "channels", _, "presence"])
     );
@@ -153,6 +154,7 @@ async fn dispatch(svc: &IngestService, req: Request<Incoming>) -> Result<Resp, I
             publish(svc, &body(svc, req).await?, publisher).await
         }
         ["v1", "signal"] => signal(svc, &body(svc, req).await?).await,
+        ["v1", "events"] => events(svc, &body(svc, req).await?).await,
         ["v1", "positions"] => positions(svc, &body(svc, req).await?).await,
         ["v1", "channels", ch, "messages"] => {
             let ch = channel(ch)?;
@@ -308,6 +310,27 @@ async fn signal(svc: &IngestService, b: &[u8]) -> Result<Resp, IngestError> {
     let data = data_of(svc, body.data)?;
     svc.signal(ch, data, body.from).await?;
     Ok(json(StatusCode::ACCEPTED, &serde_json::json!({})))
+}
+
+/// `POST /v1/events` (herald's own: gateways report client events for
+/// webhooks; docs/protocol-notes.md).
+async fn events(svc: &IngestService, b: &[u8]) -> Result<Resp, IngestError> {
+    use herald_protocol::webhook::{EventBatch, MAX_EVENTS_PER_BATCH};
+    let body: EventBatch = parse_json(b)?;
+    if body.events.len() > MAX_EVENTS_PER_BATCH {
+        return Err(bad(&format!("at most {MAX_EVENTS_PER_BATCH} events")));
+    }
+    if let Some(e) = body.events.iter().find(|e| {
+        e.id.is_empty() || e.id.len() > 128 || e.kind.has_channel() != e.channel.is_some()
+            || e.kind == herald_protocol::webhook::EventKind::Publish
+    }) {
+        return Err(bad(&format!(
+            "event {:?}: needs an id of 1 to 128 bytes, is not publish, and has a channel exactly for join and leave",
+            e.id
+        )));
+    }
+    let stored = svc.events(&body.events).await?;
+    Ok(json(StatusCode::OK, &serde_json::json!({ "stored": stored })))
 }
 
 #[derive(Deserialize)]

@@ -7,12 +7,15 @@
 //!   positions) and [`IngestError`].
 //! - [`http`]: the `/v1/*` routes, JSON bodies and error format.
 //! - [`metrics`]: metric names.
+//! - [`webhooks`]: the application's endpoints: the outbox workers and the
+//!   before-commit hook.
 //!
 //! Nothing is published for a message that was not committed; a bus failure
 //! after the commit still answers 200, and gateways' catch-up delivers it.
 
 pub mod http;
 pub mod metrics;
+pub mod webhooks;
 
 #[cfg(test)]
 mod fuzz;
@@ -37,6 +40,8 @@ pub struct IngestConfig {
     pub max_publish_channels: usize,
     /// How often retention and expired idempotency keys are pruned (60 s).
     pub prune_interval: Duration,
+    /// `[[webhooks]]` (none by default).
+    pub webhooks: Vec<webhooks::Endpoint>,
 }
 
 impl Default for IngestConfig {
@@ -46,6 +51,7 @@ impl Default for IngestConfig {
             max_data_bytes: 16384,
             max_publish_channels: 100,
             prune_interval: Duration::from_secs(60),
+            webhooks: Vec::new(),
         }
     }
 }
@@ -116,11 +122,13 @@ async fn commit_and_publish(
     store: Arc<dyn Store>,
     bus: Arc<dyn Bus>,
     input: PublishInput,
+    outbox: Vec<herald_store::OutboxTarget>,
 ) -> Result<Appended, IngestError> {
     let started = Instant::now();
     let id = format!("m_{}", uuid::Uuid::now_v7().simple());
     let ts = herald_protocol::now_ms();
     let req = AppendRequest {
+        outbox,
         channels: input.channels,
         data: input.data.clone(),
         from: input.from.clone(),
@@ -221,6 +229,7 @@ pub struct IngestService {
     store: Arc<dyn Store>,
     bus: Arc<dyn Bus>,
     presence: Arc<dyn Presence>,
+    webhooks: Arc<webhooks::Webhooks>,
 }
 
 impl IngestService {
@@ -233,11 +242,17 @@ impl IngestService {
     ) -> Arc<Self> {
         // Every series exists from the start (zero until the first publish).
         metrics::register_all();
+        let webhooks = Arc::new(webhooks::Webhooks::new(
+            cfg.webhooks.clone(),
+            cfg.max_data_bytes,
+        ));
+        webhooks.start(store.clone(), "ingest");
         let svc = Arc::new(Self {
             cfg,
             store,
             bus,
             presence,
+            webhooks,
         });
         let weak = Arc::downgrade(&svc);
         let every = svc.cfg.prune_interval;
@@ -262,14 +277,41 @@ impl IngestService {
         &self.cfg
     }
 
+    /// The webhook endpoints.
+    pub fn webhooks(&self) -> &Arc<webhooks::Webhooks> {
+        &self.webhooks
+    }
+
     /// Commits a message, then publishes it on the bus, then returns.
-    pub async fn publish(&self, input: PublishInput) -> Result<Appended, IngestError> {
+    ///
+    /// A client's publish (publisher `sub:...`, forwarded by a gateway)
+    /// first goes through the `before` webhooks, which may reject or
+    /// rewrite it, and is committed with a `publish` event for each
+    /// after-commit endpoint that wants it. API publishes send no events:
+    /// the backend made them.
+    pub async fn publish(&self, mut input: PublishInput) -> Result<Appended, IngestError> {
         if input.data.len() > self.cfg.max_data_bytes {
             return Err(IngestError::new(
                 ErrorCode::TooLarge,
                 format!("data is larger than {} bytes", self.cfg.max_data_bytes),
             ));
         }
+        let mut outbox = Vec::new();
+        if input.publisher.starts_with("sub:") && !self.webhooks.is_empty() {
+            match self
+                .webhooks
+                .before_publish(&input.channels, input.data.clone(), input.from.as_deref())
+                .await?
+            {
+                webhooks::BeforeVerdict::Reject(reason) => {
+                    return Err(IngestError::new(ErrorCode::Forbidden, reason));
+                }
+                webhooks::BeforeVerdict::Accept(Some(data)) => input.data = data,
+                webhooks::BeforeVerdict::Accept(None) => {}
+            }
+            outbox = self.webhooks.publish_targets(&input.channels);
+        }
+        let wake: Vec<String> = outbox.iter().map(|t| t.endpoint.clone()).collect();
         // Commit and publish run in their own task, and this future only
         // waits for it: a caller that hangs up (hyper then drops this
         // future) cancels neither the commit in flight nor the bus publish
@@ -281,14 +323,39 @@ impl IngestService {
             self.store.clone(),
             self.bus.clone(),
             input,
+            outbox,
         ));
         match task.await {
-            Ok(r) => r,
+            Ok(r) => {
+                if r.as_ref().is_ok_and(|a| !a.duplicate) {
+                    self.webhooks.wake(wake.iter().map(String::as_str));
+                }
+                r
+            }
             Err(e) => {
                 tracing::error!(error = %e, "publish task failed");
                 Err(IngestError::new(ErrorCode::Internal, "internal error"))
             }
         }
+    }
+
+    /// Stores the webhook deliveries of gateways' client events (join,
+    /// leave, connect, disconnect) for the endpoints that want them;
+    /// returns how many were stored (an event already pending for an
+    /// endpoint is stored once).
+    pub async fn events(
+        &self,
+        events: &[herald_protocol::webhook::GatewayEvent],
+    ) -> Result<u64, IngestError> {
+        let items = self.webhooks.gateway_items(events);
+        if items.is_empty() {
+            return Ok(0);
+        }
+        let names: std::collections::BTreeSet<String> =
+            items.iter().map(|i| i.endpoint.clone()).collect();
+        let n = self.store.enqueue(items).await?;
+        self.webhooks.wake(names.iter().map(String::as_str));
+        Ok(n)
     }
 
     /// Fans a signal out on the bus; never stored (DESIGN.md guarantee 7).

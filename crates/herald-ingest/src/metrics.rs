@@ -5,7 +5,7 @@
 //! that took no publish yet already shows them all.
 
 use herald_bus::metrics::Metric;
-use metrics::{Counter, Histogram, counter, histogram};
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 
 /// `herald_messages_published_total`.
 pub const MESSAGES_PUBLISHED: Metric = Metric::counter(
@@ -37,6 +37,36 @@ pub const INGEST_REQUESTS: Metric = Metric::counter_by(
     &["2xx", "4xx", "5xx"],
 );
 
+/// `herald_webhook_deliveries_total{result}`.
+pub const WEBHOOK_DELIVERIES: Metric = Metric::counter_by(
+    "herald_webhook_deliveries_total",
+    "Webhook delivery attempts by result",
+    "result",
+    &["ok", "failed", "timeout", "dropped"],
+);
+/// `herald_webhook_duration_seconds`.
+pub const WEBHOOK_DURATION: Metric = Metric::histogram(
+    "herald_webhook_duration_seconds",
+    "Time of one webhook request, answer included",
+);
+/// `herald_webhook_outbox_depth`.
+pub const WEBHOOK_OUTBOX_DEPTH: Metric = Metric::gauge(
+    "herald_webhook_outbox_depth",
+    "Webhook deliveries pending in the store, all endpoints",
+);
+/// `herald_webhook_events_skipped_total`.
+pub const WEBHOOK_EVENTS_SKIPPED: Metric = Metric::counter(
+    "herald_webhook_events_skipped_total",
+    "Webhook events not stored because the endpoint's backlog was at max_pending",
+);
+/// `herald_webhook_before_total{result}`.
+pub const WEBHOOK_BEFORE: Metric = Metric::counter_by(
+    "herald_webhook_before_total",
+    "Before-commit webhook calls by result",
+    "result",
+    &["accept", "rewrite", "reject", "fail_open", "fail_closed"],
+);
+
 /// Every metric an ingest node records (docs/metrics.md, "Ingest").
 pub const CATALOG: &[Metric] = &[
     MESSAGES_PUBLISHED,
@@ -44,6 +74,11 @@ pub const CATALOG: &[Metric] = &[
     PUBLISH_DURATION,
     BUS_PUBLISH_FAILURES,
     INGEST_REQUESTS,
+    WEBHOOK_DELIVERIES,
+    WEBHOOK_DURATION,
+    WEBHOOK_OUTBOX_DEPTH,
+    WEBHOOK_EVENTS_SKIPPED,
+    WEBHOOK_BEFORE,
 ];
 
 /// Describes and creates every series of [`CATALOG`] at zero (call once the
@@ -79,6 +114,36 @@ pub fn http_requests(status: &'static str) -> Counter {
         "status {status} missing from the catalog"
     );
     counter!(INGEST_REQUESTS.name, "status" => status)
+}
+
+/// Webhook delivery attempts by result (`ok`, `failed`, `timeout`,
+/// `dropped`: the last attempt failed or the event grew too old).
+pub fn webhook_deliveries(result: &'static str) -> Counter {
+    debug_assert!(
+        WEBHOOK_DELIVERIES.allows(result),
+        "result {result} missing from the catalog"
+    );
+    counter!(WEBHOOK_DELIVERIES.name, "result" => result)
+}
+/// Seconds of one webhook request.
+pub fn webhook_duration() -> Histogram {
+    histogram!(WEBHOOK_DURATION.name)
+}
+/// Pending webhook deliveries in the store.
+pub fn webhook_outbox_depth() -> Gauge {
+    gauge!(WEBHOOK_OUTBOX_DEPTH.name)
+}
+/// Webhook events skipped at an endpoint's `max_pending`.
+pub fn webhook_events_skipped() -> Counter {
+    counter!(WEBHOOK_EVENTS_SKIPPED.name)
+}
+/// Before-commit webhook calls by result.
+pub fn webhook_before(result: &'static str) -> Counter {
+    debug_assert!(
+        WEBHOOK_BEFORE.allows(result),
+        "result {result} missing from the catalog"
+    );
+    counter!(WEBHOOK_BEFORE.name, "result" => result)
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! - [`server`]: server frames (section 5).
 //! - [`api`]: ingest HTTP bodies (section 8).
 //! - [`bus`]: the bus envelope (section 9).
+//! - [`webhook`]: webhook event bodies and their signature (docs/backend.md).
 
 pub mod api;
 pub mod bus;
@@ -16,6 +17,7 @@ pub mod codes;
 pub mod data;
 pub mod names;
 pub mod server;
+pub mod webhook;
 
 #[cfg(test)]
 mod fuzz;

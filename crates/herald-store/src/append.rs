@@ -16,7 +16,9 @@
 //!
 //! No I/O here.
 
-use crate::{AppendRequest, Appended, StoreError};
+use crate::{AppendRequest, Appended, OutboxItem, StoreError};
+use herald_protocol::server::Message;
+use herald_protocol::webhook::Event;
 use herald_protocol::ChannelName;
 use sha2::{Digest, Sha256};
 use std::time::Duration;
@@ -176,6 +178,32 @@ pub(crate) fn seq_from_db(v: i64) -> Result<u64, StoreError> {
     u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("negative seq {v}")))
 }
 
+/// The outbox rows of a committed append: one `publish` event per target
+/// whose channel got a seq in `assigned` (a target naming a channel the
+/// append does not write is ignored).
+pub(crate) fn outbox_rows(req: &AppendRequest, assigned: &[(ChannelName, u64)]) -> Vec<OutboxItem> {
+    req.outbox
+        .iter()
+        .filter_map(|t| {
+            let seq = assigned.iter().find(|(c, _)| *c == t.channel)?.1;
+            let ev = Event::publish(Message {
+                kind: None,
+                channel: t.channel.clone(),
+                seq,
+                id: req.id.clone(),
+                ts: req.ts,
+                from: req.from.clone(),
+                data: req.data.clone(),
+            });
+            Some(OutboxItem {
+                endpoint: t.endpoint.clone(),
+                event_id: ev.id.clone(),
+                body: ev.to_body(),
+            })
+        })
+        .collect()
+}
+
 /// A seq bound for a query (`after` beyond i64 matches nothing anyway).
 pub(crate) fn seq_to_db(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -193,6 +221,7 @@ mod tests {
 
     fn req(channels: &[&str], data: &'static str) -> AppendRequest {
         AppendRequest {
+            outbox: Vec::new(),
             channels: channels.iter().map(|c| ch(c)).collect(),
             data: JsonData::from_json_text(Bytes::from_static(data.as_bytes())).unwrap(),
             from: None,

@@ -17,7 +17,10 @@
 //!
 //! Panics on failure (it is a test suite).
 
-use crate::{AppendRequest, Appended, Store, StoreConfig, StoreError, now_ms};
+use crate::{
+    AppendRequest, Appended, OutboxItem, OutboxTarget, Settle, Store, StoreConfig, StoreError,
+    now_ms,
+};
 use bytes::Bytes;
 use herald_protocol::{ChannelName, JsonData};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -109,6 +112,9 @@ registry! {
     positions_of_several_channels => default_config,
     data_round_trips_byte_exact => default_config,
     ping_answers => default_config,
+    publish_events_are_stored_with_the_message => default_config,
+    claims_are_exclusive_and_leases_expire => default_config,
+    enqueue_skips_pending_duplicates => default_config,
 }
 
 /// The configuration the check named `name` needs (panics on an unknown
@@ -154,6 +160,7 @@ fn json(text: &str) -> JsonData {
 /// A request as ingest builds it: fresh id, ts now.
 fn request(channels: &[&ChannelName], data: &str) -> AppendRequest {
     AppendRequest {
+        outbox: Vec::new(),
         channels: channels.iter().map(|c| (*c).clone()).collect(),
         data: json(data),
         from: None,
@@ -166,6 +173,7 @@ fn request(channels: &[&ChannelName], data: &str) -> AppendRequest {
 
 fn keyed(channels: &[&ChannelName], data: &str, publisher: &str, key: &str) -> AppendRequest {
     AppendRequest {
+        outbox: Vec::new(),
         publisher: publisher.into(),
         key: Some(key.into()),
         ..request(channels, data)
@@ -617,6 +625,7 @@ pub async fn expired_key_is_new(store: Arc<dyn Store>) {
     let retry = append(
         &store,
         AppendRequest {
+            outbox: Vec::new(),
             ts: now,
             ..keyed(&[&ch], "\"a\"", "pub", &key)
         },
@@ -626,6 +635,7 @@ pub async fn expired_key_is_new(store: Arc<dyn Store>) {
     assert_eq!(retry.id, second.id);
 
     let later = AppendRequest {
+        outbox: Vec::new(),
         ts: now + 3_000,
         ..keyed(&[&ch], "\"other\"", "pub", &key)
     };
@@ -650,6 +660,7 @@ pub async fn prune_forgets_old_keys(store: Arc<dyn Store>) {
     let again = append(
         &store,
         AppendRequest {
+            outbox: Vec::new(),
             ts,
             ..keyed(&[&ch], "1", "pub", &key)
         },
@@ -723,6 +734,7 @@ pub async fn retention_by_age(store: Arc<dyn Store>) {
         append(
             &store,
             AppendRequest {
+                outbox: Vec::new(),
                 ts: now - 120_000,
                 ..request(&[&ch], &i.to_string())
             },
@@ -761,6 +773,7 @@ pub async fn retention_by_age(store: Arc<dyn Store>) {
     append(
         &store,
         AppendRequest {
+            outbox: Vec::new(),
             ts: now - 120_000,
             ..request(&[&gone], "1")
         },
@@ -806,6 +819,7 @@ pub async fn data_round_trips_byte_exact(store: Arc<dyn Store>) {
         append(
             &store,
             AppendRequest {
+                outbox: Vec::new(),
                 from: from.clone(),
                 ..request(&[&ch], t)
             },
@@ -823,4 +837,137 @@ pub async fn data_round_trips_byte_exact(store: Arc<dyn Store>) {
 /// `ping` answers on a working store.
 pub async fn ping_answers(store: Arc<dyn Store>) {
     store.ping().await.expect("ping");
+}
+
+// ---------------------------------------------------------------------------
+// Webhook outbox
+// ---------------------------------------------------------------------------
+
+/// A fresh endpoint name (checks share a store).
+fn endpoint(what: &str) -> String {
+    unique(what)
+}
+
+fn item(endpoint: &str, n: usize) -> OutboxItem {
+    OutboxItem {
+        endpoint: endpoint.to_owned(),
+        event_id: format!("ev_{n}"),
+        body: format!("{{\"n\":{n}}}"),
+    }
+}
+
+/// A client publish's `publish` events are written with the message: one
+/// per (endpoint, channel) target, carrying the committed seq, id, ts, from
+/// and data; a duplicate (same key) writes none.
+pub async fn publish_events_are_stored_with_the_message(store: Arc<dyn Store>) {
+    let (a, b) = (channel("chat"), channel("dashboard"));
+    let (bot, audit) = (endpoint("bot"), endpoint("audit"));
+    append(&store, request(&[&a], r#"{"warm":1}"#)).await;
+    let mut req = keyed(&[&a, &b], r#"{"content":"hi"}"#, "sub:v1", &unique("key"));
+    req.from = Some("v1".into());
+    req.outbox = vec![
+        OutboxTarget { endpoint: bot.clone(), channel: a.clone() },
+        OutboxTarget { endpoint: audit.clone(), channel: a.clone() },
+        OutboxTarget { endpoint: audit.clone(), channel: b.clone() },
+    ];
+    let first = append(&store, req.clone()).await;
+    let again = append(&store, AppendRequest { id: "other".into(), ..req }).await;
+    assert!(again.duplicate);
+    let now = now_ms() + 1000;
+    let got = store.claim(&bot, 10, now, 30_000, "o").await.expect("claim");
+    assert_eq!(got.len(), 1, "one event for the bot, none for the duplicate: {got:?}");
+    let body: serde_json::Value = serde_json::from_str(&got[0].body).expect("JSON body");
+    assert_eq!(
+        body,
+        serde_json::json!({"id": got[0].event_id, "type": "publish", "ts": first.ts,
+            "channel": a.as_str(),
+            "message": {"channel": a.as_str(), "seq": 2, "id": first.id, "ts": first.ts,
+                "from": "v1", "data": {"content": "hi"}}})
+    );
+    assert_eq!(got[0].attempts, 0);
+    let got = store.claim(&audit, 10, now, 30_000, "o").await.expect("claim");
+    let seqs: BTreeSet<(String, u64)> = got
+        .iter()
+        .map(|c| {
+            let v: serde_json::Value = serde_json::from_str(&c.body).expect("outbox call");
+            (v["channel"].as_str().expect("outbox call").to_owned(), v["message"]["seq"].as_u64().expect("outbox call"))
+        })
+        .collect();
+    assert_eq!(
+        seqs,
+        BTreeSet::from([(a.to_string(), 2), (b.to_string(), 1)]),
+        "one event per channel with that channel's seq"
+    );
+    let ids: HashSet<&str> = got.iter().map(|c| c.event_id.as_str()).collect();
+    assert_eq!(ids.len(), 2, "distinct event ids per channel");
+}
+
+/// Two claimers at once take disjoint rows that cover the due ones; a
+/// leased row is not claimed again until its lease runs out, and then the
+/// old claimer can no longer settle it; `Retry` makes a row due later,
+/// `Done` removes it; depth counts what is pending.
+pub async fn claims_are_exclusive_and_leases_expire(store: Arc<dyn Store>) {
+    let ep = endpoint("hook");
+    let n = 40;
+    let added = store
+        .enqueue((0..n).map(|i| item(&ep, i)).collect())
+        .await
+        .expect("enqueue");
+    assert_eq!(added, n as u64);
+    let now = now_ms() + 1000;
+    let (s1, s2) = (store.clone(), store.clone());
+    let (e1, e2) = (ep.clone(), ep.clone());
+    let (x, y) = tokio::join!(
+        tokio::spawn(async move { s1.claim(&e1, 25, now, 10_000, "one").await }),
+        tokio::spawn(async move { s2.claim(&e2, 25, now, 10_000, "two").await }),
+    );
+    let (x, y) = (x.expect("outbox call").expect("claim"), y.expect("outbox call").expect("claim"));
+    let xs: HashSet<i64> = x.iter().map(|c| c.row).collect();
+    let ys: HashSet<i64> = y.iter().map(|c| c.row).collect();
+    assert!(xs.is_disjoint(&ys), "two claimers got the same row");
+    assert_eq!(xs.len() + ys.len(), n, "together they claimed every due row");
+    assert!(
+        store.claim(&ep, 100, now + 5_000, 10_000, "three").await.expect("outbox call").is_empty(),
+        "leased rows are not claimed again"
+    );
+    let depth = store.outbox_depth().await.expect("depth");
+    assert!(depth.iter().any(|d| d.endpoint == ep && d.pending == n as u64), "{depth:?}");
+
+    // "one"'s lease runs out: "three" takes its rows over.
+    let later = now + 10_001;
+    let taken = store.claim(&ep, 100, later, 10_000, "three").await.expect("outbox call");
+    assert_eq!(taken.iter().map(|c| c.row).collect::<HashSet<_>>(), xs.union(&ys).copied().collect());
+    let row = x[0].row;
+    assert!(!store.settle(row, "one", Settle::Done).await.expect("outbox call"), "a lost lease settles nothing");
+    assert!(
+        store
+            .settle(row, "three", Settle::Retry { at_ms: later + 60_000, attempts: 1 })
+            .await
+            .expect("outbox call")
+    );
+    for c in taken.iter().filter(|c| c.row != row) {
+        assert!(store.settle(c.row, "three", Settle::Done).await.expect("outbox call"));
+    }
+    assert!(store.claim(&ep, 100, later + 59_999, 10_000, "four").await.expect("outbox call").is_empty());
+    let back = store.claim(&ep, 100, later + 60_000, 10_000, "four").await.expect("outbox call");
+    assert_eq!(back.len(), 1);
+    assert_eq!((back[0].row, back[0].attempts), (row, 1));
+    assert!(store.settle(row, "four", Settle::Done).await.expect("outbox call"));
+    let depth = store.outbox_depth().await.expect("depth");
+    assert!(!depth.iter().any(|d| d.endpoint == ep), "{depth:?}");
+}
+
+/// An (endpoint, event id) pair already pending is stored once; the same
+/// event id for another endpoint is its own delivery.
+pub async fn enqueue_skips_pending_duplicates(store: Arc<dyn Store>) {
+    let (e1, e2) = (endpoint("a"), endpoint("b"));
+    assert_eq!(store.enqueue(vec![item(&e1, 1), item(&e1, 2)]).await.expect("outbox call"), 2);
+    assert_eq!(store.enqueue(vec![item(&e1, 2), item(&e1, 3), item(&e2, 2)]).await.expect("outbox call"), 2);
+    assert_eq!(store.enqueue(Vec::new()).await.expect("outbox call"), 0);
+    let now = now_ms() + 1000;
+    let got = store.claim(&e1, 100, now, 1000, "o").await.expect("outbox call");
+    let ids: Vec<&str> = got.iter().map(|c| c.event_id.as_str()).collect();
+    assert_eq!(ids, ["ev_1", "ev_2", "ev_3"], "oldest first, each once");
+    assert_eq!(got[0].body, r#"{"n":1}"#);
+    assert_eq!(store.claim(&e2, 100, now, 1000, "o").await.expect("outbox call").len(), 1);
 }

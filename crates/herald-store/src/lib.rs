@@ -49,6 +49,69 @@ pub struct AppendRequest {
     pub id: String,
     /// Timestamp in ms, assigned by ingest (same rule).
     pub ts: i64,
+    /// Webhook endpoints that want this publish: one `publish` event per
+    /// (endpoint, channel) is written to the outbox in the same
+    /// transaction as the message (none for a duplicate).
+    pub outbox: Vec<OutboxTarget>,
+}
+
+/// An endpoint that wants the `publish` event of one channel of an append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxTarget {
+    /// The endpoint's name (`[[webhooks]] name`).
+    pub endpoint: String,
+    /// One of the append's channels.
+    pub channel: ChannelName,
+}
+
+/// A webhook delivery to store in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxItem {
+    /// The endpoint's name.
+    pub endpoint: String,
+    /// The event's id; an (endpoint, event id) pair already pending is not
+    /// stored twice.
+    pub event_id: String,
+    /// The JSON body, as POSTed.
+    pub body: String,
+}
+
+/// A pending delivery claimed by one ingest until its lease ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    /// Row id, for [`Store::settle`].
+    pub row: i64,
+    /// The event's id.
+    pub event_id: String,
+    /// The JSON body.
+    pub body: String,
+    /// Delivery attempts made before this one.
+    pub attempts: u32,
+    /// When the event was stored (ms), for the age limit.
+    pub created_ms: i64,
+}
+
+/// What became of a claimed delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// Delivered, or given up on: the row is deleted.
+    Done,
+    /// Failed: try again at `at_ms`, `attempts` made so far.
+    Retry {
+        /// Next attempt, ms since the epoch.
+        at_ms: i64,
+        /// Attempts made so far.
+        attempts: u32,
+    },
+}
+
+/// The outbox's backlog of one endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxDepth {
+    /// The endpoint's name.
+    pub endpoint: String,
+    /// Rows pending (due or not).
+    pub pending: u64,
 }
 
 /// What an append committed.
@@ -201,6 +264,31 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether the database answers (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Stores webhook deliveries (gateway events); an (endpoint, event id)
+    /// already pending is skipped. Returns how many rows were added.
+    async fn enqueue(&self, items: Vec<OutboxItem>) -> Result<u64, StoreError>;
+
+    /// Claims up to `limit` deliveries of `endpoint` that are due at
+    /// `now_ms` and not leased, oldest first, leasing them to `owner` until
+    /// `now_ms + lease_ms`. Replicas sharing the database never claim one
+    /// row at once (PostgreSQL: `FOR UPDATE SKIP LOCKED`); a row whose
+    /// lease ran out (its claimer died) is claimed again.
+    async fn claim(
+        &self,
+        endpoint: &str,
+        limit: u32,
+        now_ms: i64,
+        lease_ms: i64,
+        owner: &str,
+    ) -> Result<Vec<Claimed>, StoreError>;
+
+    /// Settles a claimed delivery, if `owner` still holds its lease
+    /// (returns false when another claimer took it over).
+    async fn settle(&self, row: i64, owner: &str, outcome: Settle) -> Result<bool, StoreError>;
+
+    /// Pending deliveries per endpoint (endpoints with none are absent).
+    async fn outbox_depth(&self) -> Result<Vec<OutboxDepth>, StoreError>;
 }
 
 /// Opens the store named by a database URL: `sqlite://PATH` (created when

@@ -25,7 +25,8 @@ mod writer;
 
 use crate::append::{self, Plan};
 use crate::{
-    AppendRequest, Appended, History, Store, StoreConfig, StoreError, StoredMessage, now_ms,
+    AppendRequest, Appended, Claimed, History, OutboxDepth, OutboxItem, Settle, Store,
+    StoreConfig, StoreError, StoredMessage, now_ms,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -251,4 +252,116 @@ impl Store for PgStore {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
+
+    async fn enqueue(&self, items: Vec<OutboxItem>) -> Result<u64, StoreError> {
+        if items.is_empty() {
+            return Ok(0);
+        }
+        let mut conn = self.pool.acquire().await?;
+        Ok(insert_outbox(&mut conn, &items, now_ms()).await?)
+    }
+
+    async fn claim(
+        &self,
+        endpoint: &str,
+        limit: u32,
+        now_ms: i64,
+        lease_ms: i64,
+        owner: &str,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        // SKIP LOCKED: replicas claiming at once take disjoint rows; the
+        // lease keeps them disjoint after the commit.
+        let rows = sqlx::query(
+            "UPDATE webhook_outbox SET lease_ms = $3 + $4, lease_owner = $5 \
+             WHERE id IN (SELECT id FROM webhook_outbox \
+               WHERE endpoint = $1 AND next_ms <= $3 AND lease_ms <= $3 \
+               ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+             RETURNING id, event_id, body, attempts, created_ms",
+        )
+        .bind(endpoint)
+        .bind(i64::from(limit))
+        .bind(now_ms)
+        .bind(lease_ms)
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = rows
+            .iter()
+            .map(|r| {
+                Ok(Claimed {
+                    row: r.try_get("id")?,
+                    event_id: r.try_get("event_id")?,
+                    body: r.try_get("body")?,
+                    attempts: u32::try_from(r.try_get::<i32, _>("attempts")?).unwrap_or(0),
+                    created_ms: r.try_get("created_ms")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        out.sort_by_key(|c| c.row);
+        Ok(out)
+    }
+
+    async fn settle(&self, row: i64, owner: &str, outcome: Settle) -> Result<bool, StoreError> {
+        let done = match outcome {
+            Settle::Done => {
+                sqlx::query("DELETE FROM webhook_outbox WHERE id = $1 AND lease_owner = $2")
+                    .bind(row)
+                    .bind(owner)
+                    .execute(&self.pool)
+                    .await?
+            }
+            Settle::Retry { at_ms, attempts } => {
+                sqlx::query(
+                    "UPDATE webhook_outbox SET next_ms = $3, attempts = $4, lease_ms = 0, \
+                     lease_owner = NULL WHERE id = $1 AND lease_owner = $2",
+                )
+                .bind(row)
+                .bind(owner)
+                .bind(at_ms)
+                .bind(i32::try_from(attempts).unwrap_or(i32::MAX))
+                .execute(&self.pool)
+                .await?
+            }
+        };
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn outbox_depth(&self) -> Result<Vec<OutboxDepth>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT endpoint, count(*) AS n FROM webhook_outbox GROUP BY endpoint ORDER BY endpoint",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(OutboxDepth {
+                    endpoint: r.try_get("endpoint")?,
+                    pending: u64::try_from(r.try_get::<i64, _>("n")?).unwrap_or(0),
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+}
+
+/// Inserts outbox rows (due at `now_ms`), skipping an (endpoint, event id)
+/// already pending; returns the rows added.
+pub(crate) async fn insert_outbox(
+    conn: &mut sqlx::PgConnection,
+    items: &[OutboxItem],
+    now_ms: i64,
+) -> Result<u64, sqlx::Error> {
+    let col = |f: fn(&OutboxItem) -> &str| items.iter().map(f).collect::<Vec<&str>>();
+    let done = sqlx::query(
+        "INSERT INTO webhook_outbox (endpoint, event_id, body, next_ms, created_ms) \
+         SELECT e, i, b, $4, $4 FROM unnest($1::text[], $2::text[], $3::text[]) AS u(e, i, b) \
+         ON CONFLICT (endpoint, event_id) DO NOTHING",
+    )
+    .bind(col(|i| &i.endpoint))
+    .bind(col(|i| &i.event_id))
+    .bind(col(|i| &i.body))
+    .bind(now_ms)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
 }

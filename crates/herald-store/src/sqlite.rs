@@ -27,7 +27,8 @@ mod writer;
 
 use crate::append::{self, Plan};
 use crate::{
-    AppendRequest, Appended, History, Store, StoreConfig, StoreError, StoredMessage, now_ms,
+    AppendRequest, Appended, Claimed, History, OutboxDepth, OutboxItem, Settle, Store,
+    StoreConfig, StoreError, StoredMessage, now_ms,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -38,7 +39,7 @@ use sqlx::sqlite::{
 use sqlx::{ConnectOptions, Row};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
-use writer::{Job, Writer};
+use writer::{Job, OutboxDone, OutboxOp, Writer};
 
 /// Schema, embedded at compile time (`build.rs` reruns on changes).
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -260,6 +261,66 @@ impl Store for SqliteStore {
         Ok(deleted)
     }
 
+    async fn enqueue(&self, items: Vec<OutboxItem>) -> Result<u64, StoreError> {
+        if items.is_empty() {
+            return Ok(0);
+        }
+        match self.outbox(OutboxOp::Enqueue(items)).await? {
+            OutboxDone::Added(n) => Ok(n),
+            other => Err(StoreError::Corrupt(format!("enqueue answered {other:?}"))),
+        }
+    }
+
+    async fn claim(
+        &self,
+        endpoint: &str,
+        limit: u32,
+        now_ms: i64,
+        lease_ms: i64,
+        owner: &str,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let op = OutboxOp::Claim {
+            endpoint: endpoint.to_owned(),
+            limit,
+            now_ms,
+            lease_ms,
+            owner: owner.to_owned(),
+        };
+        match self.outbox(op).await? {
+            OutboxDone::Claimed(rows) => Ok(rows),
+            other => Err(StoreError::Corrupt(format!("claim answered {other:?}"))),
+        }
+    }
+
+    async fn settle(&self, row: i64, owner: &str, outcome: Settle) -> Result<bool, StoreError> {
+        let op = OutboxOp::Settle {
+            row,
+            owner: owner.to_owned(),
+            outcome,
+        };
+        match self.outbox(op).await? {
+            OutboxDone::Settled(held) => Ok(held),
+            other => Err(StoreError::Corrupt(format!("settle answered {other:?}"))),
+        }
+    }
+
+    async fn outbox_depth(&self) -> Result<Vec<OutboxDepth>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT endpoint, count(*) AS n FROM webhook_outbox GROUP BY endpoint ORDER BY endpoint",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(OutboxDepth {
+                    endpoint: r.try_get("endpoint")?,
+                    pending: u64::try_from(r.try_get::<i64, _>("n")?).unwrap_or(0),
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         if self.jobs.is_closed() {
             return Err(StoreError::Unavailable(sqlx::Error::PoolClosed));
@@ -270,6 +331,12 @@ impl Store for SqliteStore {
 }
 
 impl SqliteStore {
+    /// One outbox write, committed by the writer.
+    async fn outbox(&self, op: OutboxOp) -> Result<OutboxDone, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Job::Outbox { op, reply }, answer).await
+    }
+
     /// One bounded delete (`sql` binds the cutoff, then the batch size),
     /// committed by the writer; returns the rows deleted.
     async fn write_batch(&self, sql: &'static str, cutoff: i64) -> Result<u64, StoreError> {

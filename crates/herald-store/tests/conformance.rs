@@ -87,6 +87,9 @@ conformance_tests!(
     positions_of_several_channels,
     data_round_trips_byte_exact,
     ping_answers,
+    publish_events_are_stored_with_the_message,
+    claims_are_exclusive_and_leases_expire,
+    enqueue_skips_pending_duplicates,
 );
 
 fn ch(s: &str) -> ChannelName {
@@ -95,6 +98,7 @@ fn ch(s: &str) -> ChannelName {
 
 fn req(channel: &str, n: u32) -> AppendRequest {
     AppendRequest {
+        outbox: Vec::new(),
         channels: vec![ch(channel)],
         data: JsonData::from_value(&serde_json::json!({ "n": n })),
         from: None,

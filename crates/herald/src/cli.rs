@@ -18,7 +18,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Gateway + ingest in one process: in-process bus, SQLite, demo page.
-    Dev(Common),
+    Dev(DevArgs),
     /// One gateway node (needs Redis and an ingest URL).
     Gateway(Common),
     /// One ingest node (needs Redis and PostgreSQL, or SQLite for one node).
@@ -172,6 +172,19 @@ impl Common {
         }
         out
     }
+}
+
+/// `herald dev` arguments: the common ones and the demo's.
+#[derive(Debug, Args, Clone, Default)]
+pub struct DevArgs {
+    /// The common settings.
+    #[command(flatten)]
+    pub common: Common,
+    /// Turn off the demo's stand-in bot (`[dev] bot = false`,
+    /// `HERALD_DEV__BOT=false`), e.g. when the application's backend plays
+    /// the bot through webhooks.
+    #[arg(long)]
+    pub no_bot: bool,
 }
 
 /// `herald token` arguments.

@@ -46,6 +46,9 @@ pub struct Config {
     /// `[[routes]]`.
     #[serde(default)]
     pub routes: Vec<RouteSection>,
+    /// `[[webhooks]]`.
+    #[serde(default)]
+    pub webhooks: Vec<WebhookSection>,
     /// `[presence]`.
     #[serde(default)]
     pub presence: PresenceSection,
@@ -55,6 +58,25 @@ pub struct Config {
     /// `[admin]`.
     #[serde(default)]
     pub admin: AdminSection,
+    /// `[dev]`.
+    #[serde(default)]
+    pub dev: DevSection,
+}
+
+/// `[dev]`: `herald dev` only (the other subcommands ignore it).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DevSection {
+    /// The demo's stand-in bot (`bot:ai`) answers visitors and honours an
+    /// operator's handoff. Off (`--no-bot`, `HERALD_DEV__BOT=false`) when
+    /// the application's own backend plays the bot.
+    pub bot: bool,
+}
+
+impl Default for DevSection {
+    fn default() -> Self {
+        Self { bot: true }
+    }
 }
 
 /// `[admin]`: what the admin listener serves besides `/metrics`,
@@ -245,6 +267,184 @@ pub struct RouteSection {
     pub channels: Vec<String>,
 }
 
+/// `[[webhooks]]`: an application endpoint told of client events
+/// (docs/backend.md). Environment: `HERALD_WEBHOOKS__<NAME>__<KEY>` sets a
+/// key of the entry named `<name>` (lower-cased), adding the entry when the
+/// file has none, so a secret can stay out of the file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSection {
+    /// Unique name (letters, digits, `_` and `-`).
+    pub name: String,
+    /// `http://host[:port]/path`.
+    pub url: String,
+    /// Channel patterns (default: every channel).
+    #[serde(default = "all_channels")]
+    pub channels: Vec<String>,
+    /// `publish`, `join`, `leave`, `connect`, `disconnect` (default
+    /// `["publish"]`).
+    #[serde(default = "publish_only")]
+    pub events: Vec<String>,
+    /// Signing secret; a list signs with each (rotation).
+    pub secret: SecretList,
+    /// One attempt's timeout (default 5 s; `before`: 1 s, at most 2.5 s).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub timeout: Option<Duration>,
+    /// Deliveries in flight per ingest (default 4).
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Attempts before an event is dropped (default 15: about 40 min).
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+    /// Age after which an undelivered event is dropped (default 24 h).
+    #[serde(default = "default_max_age", deserialize_with = "duration")]
+    pub max_age: Duration,
+    /// Backlog at which new events are skipped (default 100 000).
+    #[serde(default = "default_max_pending")]
+    pub max_pending: u64,
+    /// `after` (default) or `before`.
+    #[serde(default = "after")]
+    pub mode: String,
+    /// `before` only: `open` (default) or `closed`.
+    #[serde(default = "open")]
+    pub on_failure: String,
+}
+
+/// One secret or several.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum SecretList {
+    /// One secret.
+    One(String),
+    /// Several (the first is the new one).
+    Many(Vec<String>),
+}
+
+fn all_channels() -> Vec<String> {
+    vec!["*".into()]
+}
+fn publish_only() -> Vec<String> {
+    vec!["publish".into()]
+}
+fn default_concurrency() -> usize {
+    4
+}
+fn default_attempts() -> u32 {
+    15
+}
+fn default_max_age() -> Duration {
+    Duration::from_secs(86400)
+}
+fn default_max_pending() -> u64 {
+    100_000
+}
+fn after() -> String {
+    "after".into()
+}
+fn open() -> String {
+    "open".into()
+}
+
+fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
+}
+
+impl WebhookSection {
+    /// The checked endpoint.
+    pub fn endpoint(&self) -> anyhow::Result<herald_ingest::webhooks::Endpoint> {
+        use herald_ingest::webhooks::{Endpoint, Mode, OnFailure};
+        use herald_protocol::webhook::EventKind;
+        let n = &self.name;
+        if n.is_empty()
+            || n.len() > 64
+            || !n
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            bail!("webhooks: name {n:?} must be 1 to 64 letters, digits, _ or -");
+        }
+        let url: http::Uri = self
+            .url
+            .parse()
+            .map_err(|e| anyhow!("webhooks.{n}.url {:?}: {e}", self.url))?;
+        if url.scheme_str() != Some("http") || url.host().is_none() {
+            bail!(
+                "webhooks.{n}.url {:?} must be http://host[:port]/path (herald speaks plain HTTP to webhooks: put a TLS proxy beside it for https; docs/backend.md)",
+                self.url
+            );
+        }
+        let channels = self
+            .channels
+            .iter()
+            .map(|p| Pattern::new(p).map_err(|e| anyhow!("webhooks.{n}.channels {p:?}: {e}")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let events = self
+            .events
+            .iter()
+            .map(|e| {
+                EventKind::parse(e).ok_or_else(|| {
+                    anyhow!("webhooks.{n}.events: {e:?} is not publish, join, leave, connect or disconnect")
+                })
+            })
+            .collect::<anyhow::Result<std::collections::BTreeSet<_>>>()?;
+        if events.is_empty() {
+            bail!("webhooks.{n}.events is empty");
+        }
+        let secrets = match &self.secret {
+            SecretList::One(s) => vec![s.clone()],
+            SecretList::Many(v) => v.clone(),
+        };
+        if secrets.is_empty() || secrets.iter().any(String::is_empty) {
+            bail!("webhooks.{n}.secret must be set and not empty");
+        }
+        let mode = match self.mode.as_str() {
+            "after" => Mode::After,
+            "before" => Mode::Before,
+            other => bail!("webhooks.{n}.mode {other:?} must be after or before"),
+        };
+        let on_failure = match self.on_failure.as_str() {
+            "open" => OnFailure::Open,
+            "closed" => OnFailure::Closed,
+            other => bail!("webhooks.{n}.on_failure {other:?} must be open or closed"),
+        };
+        let timeout = match mode {
+            Mode::After => self.timeout.unwrap_or(Duration::from_secs(5)),
+            Mode::Before => self.timeout.unwrap_or(Duration::from_secs(1)),
+        };
+        if timeout.is_zero() {
+            bail!("webhooks.{n}.timeout must be greater than 0");
+        }
+        if mode == Mode::Before {
+            // A gateway gives ingest 3 s per publish attempt.
+            if timeout > Duration::from_millis(2500) {
+                bail!(
+                    "webhooks.{n}.timeout of a before hook is at most 2.5s (a gateway waits 3 s for a publish)"
+                );
+            }
+            if events.iter().any(|e| *e != EventKind::Publish) {
+                bail!("webhooks.{n}: a before hook takes the publish event only");
+            }
+        }
+        if self.concurrency == 0 || self.max_attempts == 0 || self.max_pending == 0 {
+            bail!("webhooks.{n}: concurrency, max_attempts and max_pending must be at least 1");
+        }
+        Ok(Endpoint {
+            name: n.clone(),
+            url,
+            channels,
+            events,
+            secrets,
+            timeout,
+            concurrency: self.concurrency,
+            max_attempts: self.max_attempts,
+            max_age: self.max_age,
+            max_pending: self.max_pending,
+            mode,
+            on_failure,
+        })
+    }
+}
+
 /// `[presence]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -344,6 +544,11 @@ fn scalar(key: &str, v: &str) -> anyhow::Result<toml::Value> {
         "prefix",
         "audience",
         "issuer",
+        "url",
+        "secret",
+        "name",
+        "mode",
+        "on_failure",
     ];
     if TEXT.contains(&key) {
         return Ok(toml::Value::String(v.to_owned()));
@@ -361,6 +566,47 @@ fn scalar(key: &str, v: &str) -> anyhow::Result<toml::Value> {
 pub type Override = (Vec<String>, String);
 
 fn set(table: &mut toml::Table, path: &[String], v: toml::Value) -> anyhow::Result<()> {
+    // `webhooks.<name>.<key>`: the `[[webhooks]]` entry of that name.
+    if let [first, name, key] = path
+        && first == "webhooks"
+    {
+        let list = table
+            .entry("webhooks")
+            .or_insert_with(|| toml::Value::Array(Vec::new()))
+            .as_array_mut()
+            .ok_or_else(|| anyhow!("webhooks is not an array of tables"))?;
+        let pos = list
+            .iter()
+            .position(|e| e.get("name").and_then(toml::Value::as_str) == Some(name.as_str()));
+        let entry = match pos {
+            Some(i) => &mut list[i],
+            None => {
+                let mut t = toml::Table::new();
+                t.insert("name".into(), toml::Value::String(name.clone()));
+                list.push(toml::Value::Table(t));
+                list.last_mut().context("just pushed")?
+            }
+        };
+        let t = entry
+            .as_table_mut()
+            .ok_or_else(|| anyhow!("webhooks entry {name} is not a table"))?;
+        // A list key given as `a,b` in the environment.
+        let v = match (key.as_str(), v) {
+            ("channels" | "events" | "secret", toml::Value::String(s)) if s.contains(',') => {
+                toml::Value::Array(
+                    s.split(',')
+                        .map(|p| toml::Value::String(p.trim().to_owned()))
+                        .collect(),
+                )
+            }
+            ("channels" | "events", toml::Value::String(s)) => {
+                toml::Value::Array(vec![toml::Value::String(s)])
+            }
+            (_, v) => v,
+        };
+        t.insert(key.clone(), v);
+        return Ok(());
+    }
     let (last, parents) = path.split_last().context("empty key")?;
     let mut t = table;
     for p in parents {
@@ -390,7 +636,7 @@ pub fn env_overrides(env: &BTreeMap<String, String>) -> (Vec<Override>, Vec<Stri
         "log_format",
     ];
     const SECTIONS: &[&str] = &[
-        "auth", "bus", "store", "limits", "presence", "gateway", "admin",
+        "auth", "bus", "store", "limits", "presence", "gateway", "admin", "dev",
     ];
     let mut out = Vec::new();
     let mut unknown = Vec::new();
@@ -403,6 +649,15 @@ pub fn env_overrides(env: &BTreeMap<String, String>) -> (Vec<Override>, Vec<Stri
             continue;
         }
         let lower = rest.to_ascii_lowercase();
+        if let Some(entry) = lower.strip_prefix("webhooks__")
+            && let Some((name, key)) = entry.split_once("__")
+        {
+            out.push((
+                vec!["webhooks".into(), name.to_owned(), key.to_owned()],
+                v.clone(),
+            ));
+            continue;
+        }
         if let Some((sec, key)) = lower.split_once("__") {
             if SECTIONS.contains(&sec) {
                 out.push((vec![sec.to_owned(), key.to_owned()], v.clone()));
@@ -445,6 +700,35 @@ pub fn load(file: Option<&str>, env: &[Override], flags: &[Override]) -> anyhow:
 }
 
 impl Config {
+    /// What a gateway reports for webhooks: the client events (join,
+    /// leave, connect, disconnect) the after-commit endpoints want.
+    pub fn webhook_event_filters(
+        &self,
+    ) -> anyhow::Result<Vec<herald_gateway::events::EventFilter>> {
+        Ok(self
+            .webhooks()?
+            .into_iter()
+            .filter(|e| e.mode == herald_ingest::webhooks::Mode::After)
+            .map(|e| herald_gateway::events::EventFilter {
+                kinds: e.events,
+                channels: e.channels,
+            })
+            .collect())
+    }
+
+    /// `[[webhooks]]`, checked (names unique).
+    pub fn webhooks(&self) -> anyhow::Result<Vec<herald_ingest::webhooks::Endpoint>> {
+        let mut out: Vec<herald_ingest::webhooks::Endpoint> = Vec::new();
+        for w in &self.webhooks {
+            let e = w.endpoint()?;
+            if out.iter().any(|o| o.name == e.name) {
+                bail!("webhooks: two entries are named {:?}", e.name);
+            }
+            out.push(e);
+        }
+        Ok(out)
+    }
+
     /// `[gateway] allowed_origins`, checked.
     pub fn allowed_origins(&self) -> anyhow::Result<herald_gateway::AllowedOrigins> {
         herald_gateway::AllowedOrigins::new(&self.gateway.allowed_origins)
@@ -613,6 +897,19 @@ mod tests {
         assert!(!c.admin.ui);
         let e = load(None, &[ov("admin.ui", "yes please")], &[]).unwrap_err();
         assert!(format!("{e:#}").contains("ui"), "{e:#}");
+    }
+
+    #[test]
+    fn dev_bot_is_on_unless_turned_off() {
+        assert!(load(None, &[], &[]).unwrap().dev.bot);
+        let env: BTreeMap<String, String> = [("HERALD_DEV__BOT".to_owned(), "false".to_owned())]
+            .into_iter()
+            .collect();
+        let (o, unknown) = env_overrides(&env);
+        assert!(unknown.is_empty(), "{unknown:?}");
+        assert!(!load(None, &o, &[]).unwrap().dev.bot);
+        let e = load(None, &[ov("dev.bott", "false")], &[]).unwrap_err();
+        assert!(format!("{e:#}").contains("bott"), "{e:#}");
     }
 
     #[test]

@@ -144,6 +144,7 @@ async fn ingest_cmd(common: Common) -> anyhow::Result<()> {
         IngestConfig {
             api_key,
             max_data_bytes: limits.max_data_bytes,
+            webhooks: cfg.webhooks()?,
             ..IngestConfig::default()
         },
         store,
@@ -220,6 +221,7 @@ async fn gateway_cmd(common: Common) -> anyhow::Result<()> {
             catchup_interval: cfg.bus.catchup_interval,
             presence_ttl: cfg.presence.ttl,
             allowed_origins: cfg.allowed_origins()?,
+            webhook_events: cfg.webhook_event_filters()?,
             ..GatewayConfig::default()
         },
         verifier,
@@ -304,8 +306,12 @@ fn raise_fd_limit() -> Option<u64> {
     Some(soft)
 }
 
-async fn dev(common: Common) -> anyhow::Result<()> {
-    let mut cfg = load_config(&common)?;
+async fn dev(args: cli::DevArgs) -> anyhow::Result<()> {
+    let mut cfg = load_config(&args.common)?;
+    // Flags win over the file and the environment.
+    if args.no_bot {
+        cfg.dev.bot = false;
+    }
     init_logs(cfg.log_format.unwrap_or(LogFormat::Human));
     let listen = cfg
         .listen
@@ -342,12 +348,17 @@ async fn dev(common: Common) -> anyhow::Result<()> {
         IngestConfig {
             api_key: api_key.clone(),
             max_data_bytes: limits.max_data_bytes,
+            webhooks: cfg.webhooks()?,
             ..IngestConfig::default()
         },
         store,
         bus.clone(),
         presence.clone(),
     );
+    // The demo's stand-in for an application backend (dashboard routing,
+    // the bot, DM copies): told of each client publish, publishes through
+    // ingest like any backend. See dev/backend.rs.
+    let backend = dev::backend::start(ingest.clone(), cfg.dev.bot);
     let gw_cfg = GatewayConfig {
         node_id: node_id.clone(),
         limits,
@@ -356,12 +367,16 @@ async fn dev(common: Common) -> anyhow::Result<()> {
         catchup_interval: cfg.bus.catchup_interval,
         presence_ttl: cfg.presence.ttl,
         allowed_origins: cfg.allowed_origins()?,
+        webhook_events: cfg.webhook_event_filters()?,
         ..GatewayConfig::default()
     };
     let gateway = Gateway::new(
         gw_cfg,
-        verifier,
-        Arc::new(dev::InProcessIngest(ingest.clone())),
+        verifier.clone(),
+        Arc::new(dev::InProcessIngest {
+            ingest: ingest.clone(),
+            backend: Some(backend),
+        }),
         bus,
         presence,
     );
@@ -400,31 +415,30 @@ async fn dev(common: Common) -> anyhow::Result<()> {
         presence: vec!["chat_demo".into()],
         info: Some(serde_json::json!({"name": "Visitor"})),
     })?;
-    let operator = mint(herald_auth::TokenSpec {
-        sub: "op:1".into(),
-        ttl: day,
-        channels: vec!["dashboard_website_12".into()],
-        subscribe: vec!["chat_*".into()],
-        publish: vec!["chat_*".into()],
-        signal: vec!["chat_*".into()],
-        presence: vec!["chat_*".into()],
-        info: Some(serde_json::json!({"name": "Operator"})),
-    })?;
-    let demo_cfg = serde_json::json!({
-        "visitorToken": visitor, "operatorToken": operator, "apiKey": api_key,
-        "site": "12", "conversation": "demo",
-    });
-    let demo = bytes::Bytes::from(dev::demo_page(&demo_cfg.to_string()));
+    // The demo's stand-in token endpoint mints with the same secret.
+    let demo = dev::demo::Demo::new(
+        herald_auth::Minter::hs256(secret.as_bytes()),
+        verifier,
+        ingest.clone(),
+        cfg.dev.bot,
+    );
     let app = server::App {
         gateway: Some(gateway.clone()),
         ingest: Some(ingest.clone()),
         admin: None,
-        demo: Some(demo),
+        demo: Some(Arc::new(demo)),
     };
     let host = addr.to_string();
+    let bot = if cfg.dev.bot {
+        "on: bot:ai answers the demo's visitors (a stand-in for your backend; --no-bot turns it off)"
+    } else {
+        "off (--no-bot): your backend answers"
+    };
     let banner = format!(
         "herald dev listening on http://{host}\n\
          \n  demo page:   http://{host}/demo\
+         \n  demo bot:    {bot}\
+         \n  demo tokens: POST http://{host}/demo/token (a stand-in for your app's token endpoint)\
          \n  store:       {db_url}\
          \n  jwt secret:  {secret}\
          \n  api key:     {api_key}\

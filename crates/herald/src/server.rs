@@ -9,7 +9,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -30,8 +30,9 @@ pub struct App {
     /// `/metrics`, `/healthz`, `/readyz` and, when enabled, `/admin` (when
     /// served on this listener).
     pub admin: Option<Admin>,
-    /// `/demo` page, already rendered.
-    pub demo: Option<Bytes>,
+    /// `/` and `/demo/*`: the demo page and its stand-in endpoints
+    /// (`herald dev` only).
+    pub demo: Option<Arc<crate::dev::demo::Demo>>,
 }
 
 fn text(status: StatusCode, body: &'static str) -> Resp {
@@ -64,23 +65,10 @@ impl App {
         {
             return r;
         }
-        if let Some(demo) = &self.demo {
-            if req.method() == Method::GET && (path == "/demo" || path == "/demo/") {
-                let mut r = Response::new(Full::new(demo.clone()));
-                r.headers_mut().insert(
-                    http::header::CONTENT_TYPE,
-                    http::HeaderValue::from_static("text/html; charset=utf-8"),
-                );
-                return r;
-            }
-            if req.method() == Method::GET && path == "/" {
-                let mut r = text(StatusCode::FOUND, "see /demo\n");
-                r.headers_mut().insert(
-                    http::header::LOCATION,
-                    http::HeaderValue::from_static("/demo"),
-                );
-                return r;
-            }
+        if let Some(demo) = &self.demo
+            && crate::dev::demo::is_demo_path(path)
+        {
+            return demo.handle(req).await;
         }
         if self.ingest.is_some() && path.starts_with("/v1") {
             return herald_ingest::http::error(

@@ -276,6 +276,7 @@ async fn attempt(
     let mut results = Vec::with_capacity(jobs.len());
     let mut msgs = Messages::default();
     let mut key_rows: Vec<KeyRow<'_>> = Vec::new();
+    let mut outbox = Vec::new();
     for job in jobs {
         let (req, plan) = (&job.req, &job.plan);
         let pair = req.key.as_deref().map(|k| (req.publisher.as_str(), k));
@@ -313,6 +314,7 @@ async fn attempt(
                 append::seq_from_db(*last).map_err(Failure::Batch)?,
             ));
         }
+        outbox.extend(append::outbox_rows(req, &assigned));
         let seqs = plan.in_request_order(&assigned);
         if let Some((p, k)) = pair {
             let rem = Remembered {
@@ -377,6 +379,13 @@ async fn attempt(
         .execute(&mut *tx)
         .await
         .map_err(stmt)?;
+    }
+    if !outbox.is_empty() {
+        // In the messages' transaction: a committed message never lacks
+        // its webhook events.
+        super::insert_outbox(&mut tx, &outbox, crate::now_ms())
+            .await
+            .map_err(stmt)?;
     }
     let mut moved: Vec<(&str, i64)> = counters
         .iter()

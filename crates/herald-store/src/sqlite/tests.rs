@@ -20,6 +20,7 @@ fn ch(s: &str) -> ChannelName {
 
 fn req(channels: &[&ChannelName], data: &str, id: &str) -> AppendRequest {
     AppendRequest {
+        outbox: Vec::new(),
         channels: channels.iter().map(|c| (*c).clone()).collect(),
         data: JsonData::from_json_text(Bytes::copy_from_slice(data.as_bytes())).expect("json"),
         from: None,
@@ -38,6 +39,7 @@ fn keyed(
     key: &str,
 ) -> AppendRequest {
     AppendRequest {
+        outbox: Vec::new(),
         publisher: publisher.into(),
         key: Some(key.into()),
         ..req(channels, data, id)

@@ -38,7 +38,7 @@
 //!   others, which a caller that gave up cannot tell from a lost answer.
 
 use crate::append::{self, Plan, Remembered, Verdict};
-use crate::{AppendRequest, Appended, StoreConfig, StoreError};
+use crate::{AppendRequest, Appended, Claimed, OutboxItem, Settle, StoreConfig, StoreError};
 use sqlx::sqlite::{SqliteArguments, SqliteConnectOptions, SqliteConnection};
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Row, Sqlite, Transaction};
 use std::collections::HashMap;
@@ -71,8 +71,140 @@ pub(super) enum Job {
         limit: i64,
         reply: oneshot::Sender<Result<u64, StoreError>>,
     },
+    /// A webhook outbox write (enqueue, claim, settle).
+    Outbox {
+        op: OutboxOp,
+        reply: oneshot::Sender<Result<OutboxDone, StoreError>>,
+    },
     /// Finish what is queued before, close the connection, stop.
     Close { reply: oneshot::Sender<()> },
+}
+
+/// An outbox write ([`crate::Store::enqueue`], `claim`, `settle`).
+#[derive(Debug)]
+pub(super) enum OutboxOp {
+    Enqueue(Vec<OutboxItem>),
+    Claim {
+        endpoint: String,
+        limit: u32,
+        now_ms: i64,
+        lease_ms: i64,
+        owner: String,
+    },
+    Settle {
+        row: i64,
+        owner: String,
+        outcome: Settle,
+    },
+}
+
+/// An outbox write's answer.
+#[derive(Debug)]
+pub(super) enum OutboxDone {
+    Added(u64),
+    Claimed(Vec<Claimed>),
+    Settled(bool),
+}
+
+/// Runs one outbox write inside the batch's transaction.
+async fn outbox_op(
+    tx: &mut Transaction<'_, Sqlite>,
+    op: &OutboxOp,
+) -> Result<OutboxDone, sqlx::Error> {
+    match op {
+        OutboxOp::Enqueue(items) => Ok(OutboxDone::Added(
+            insert_outbox(tx, items, crate::now_ms()).await?,
+        )),
+        OutboxOp::Claim {
+            endpoint,
+            limit,
+            now_ms,
+            lease_ms,
+            owner,
+        } => {
+            let rows = sqlx::query(
+                "UPDATE webhook_outbox SET lease_ms = ?, lease_owner = ? WHERE id IN \
+                 (SELECT id FROM webhook_outbox WHERE endpoint = ? AND next_ms <= ? \
+                  AND lease_ms <= ? ORDER BY id LIMIT ?) \
+                 RETURNING id, event_id, body, attempts, created_ms",
+            )
+            .bind(now_ms.saturating_add(*lease_ms))
+            .bind(owner)
+            .bind(endpoint)
+            .bind(now_ms)
+            .bind(now_ms)
+            .bind(i64::from(*limit))
+            .fetch_all(&mut **tx)
+            .await?;
+            let mut out = rows
+                .iter()
+                .map(|r| {
+                    Ok(Claimed {
+                        row: r.try_get("id")?,
+                        event_id: r.try_get("event_id")?,
+                        body: r.try_get("body")?,
+                        attempts: u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(0),
+                        created_ms: r.try_get("created_ms")?,
+                    })
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()?;
+            out.sort_by_key(|c| c.row);
+            Ok(OutboxDone::Claimed(out))
+        }
+        OutboxOp::Settle {
+            row,
+            owner,
+            outcome,
+        } => {
+            let done = match outcome {
+                Settle::Done => {
+                    sqlx::query("DELETE FROM webhook_outbox WHERE id = ? AND lease_owner = ?")
+                        .bind(row)
+                        .bind(owner)
+                        .execute(&mut **tx)
+                        .await?
+                }
+                Settle::Retry { at_ms, attempts } => {
+                    sqlx::query(
+                        "UPDATE webhook_outbox SET next_ms = ?, attempts = ?, lease_ms = 0, \
+                         lease_owner = NULL WHERE id = ? AND lease_owner = ?",
+                    )
+                    .bind(at_ms)
+                    .bind(i64::from(*attempts))
+                    .bind(row)
+                    .bind(owner)
+                    .execute(&mut **tx)
+                    .await?
+                }
+            };
+            Ok(OutboxDone::Settled(done.rows_affected() == 1))
+        }
+    }
+}
+
+/// Inserts outbox rows due at `now_ms`, skipping an (endpoint, event id)
+/// already pending; returns the rows added.
+async fn insert_outbox(
+    tx: &mut Transaction<'_, Sqlite>,
+    items: &[OutboxItem],
+    now_ms: i64,
+) -> Result<u64, sqlx::Error> {
+    let mut added = 0;
+    for i in items {
+        added += sqlx::query(
+            "INSERT INTO webhook_outbox (endpoint, event_id, body, next_ms, created_ms) \
+             VALUES (?, ?, ?, ?, ?) ON CONFLICT (endpoint, event_id) DO NOTHING",
+        )
+        .bind(&i.endpoint)
+        .bind(&i.event_id)
+        .bind(&i.body)
+        .bind(now_ms)
+        .bind(now_ms)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+    }
+    Ok(added)
 }
 
 impl Job {
@@ -81,6 +213,7 @@ impl Job {
         match self {
             Job::Append { reply, .. } => reply.is_closed(),
             Job::Delete { reply, .. } => reply.is_closed(),
+            Job::Outbox { reply, .. } => reply.is_closed(),
             Job::Close { .. } => false,
         }
     }
@@ -93,6 +226,7 @@ enum Answer {
         Result<Appended, StoreError>,
     ),
     Delete(oneshot::Sender<Result<u64, StoreError>>, u64),
+    Outbox(oneshot::Sender<Result<OutboxDone, StoreError>>, OutboxDone),
 }
 
 impl Answer {
@@ -105,6 +239,9 @@ impl Answer {
             }
             Answer::Delete(reply, n) => {
                 let _ = reply.send(Ok(n));
+            }
+            Answer::Outbox(reply, done) => {
+                let _ = reply.send(Ok(done));
             }
         }
     }
@@ -131,6 +268,9 @@ fn fail_job(job: Job, err: StoreError) {
         Job::Delete { reply, .. } => {
             let _ = reply.send(Err(err));
         }
+        Job::Outbox { reply, .. } => {
+            let _ = reply.send(Err(err));
+        }
         Job::Close { reply } => {
             let _ = reply.send(());
         }
@@ -144,6 +284,9 @@ fn fail_answer(answer: Answer, why: &str) {
             let _ = reply.send(Err(rolled_back(why)));
         }
         Answer::Delete(reply, _) => {
+            let _ = reply.send(Err(rolled_back(why)));
+        }
+        Answer::Outbox(reply, _) => {
             let _ = reply.send(Err(rolled_back(why)));
         }
     }
@@ -322,6 +465,13 @@ async fn run_batch(
                     }
                 }
             }
+            Job::Outbox { op, reply } => match outbox_op(&mut tx, &op).await {
+                Ok(done) => {
+                    answers.push(Answer::Outbox(reply, done));
+                    continue;
+                }
+                Err(e) => (Job::Outbox { op, reply }, e.into()),
+            },
             Job::Close { reply } => {
                 // `run` takes closes out of a batch; answer anyway.
                 let _ = reply.send(());
@@ -444,6 +594,12 @@ async fn append_one(
     for (ch, row) in plan.lock_order.iter().zip(&rows) {
         let seq = row.try_get::<i64, _>(0)?;
         assigned.push((ch.clone(), append::seq_from_db(seq).map_err(Abort)?));
+    }
+    // In the message's transaction: a committed message never lacks its
+    // webhook events (a failure here rolls back the whole batch).
+    let events = append::outbox_rows(req, &assigned);
+    if !events.is_empty() {
+        insert_outbox(tx, &events, crate::now_ms()).await?;
     }
     Ok(Ok(Appended {
         id: req.id.clone(),
