@@ -1,4 +1,4 @@
-# Shared by benches/loadgen.sh and benches/topology.sh (sourced, not run).
+# Shared by benches/loadgen.sh, benches/topology.sh and benches/floor.sh (sourced, not run).
 
 # Waits until no compiler runs (other engineers share the machine); prints
 # what it found.

@@ -9,8 +9,9 @@
 # The binaries are built once, then copied to /tmp/herald-bin-<commit> so a
 # later build cannot replace them mid-record. Each run starts its own servers
 # (benches/loadgen.sh: `herald dev`; benches/topology.sh: Redis, PostgreSQL,
-# ingest, gateway) and stops them by PID; in benches/drain.sh the loadgen
-# starts `herald dev` itself and ends it with the SIGTERM it measures.
+# ingest, gateway; benches/floor.sh: herald-floor) and stops them by PID; in
+# benches/drain.sh the loadgen starts `herald dev` itself and ends it with
+# the SIGTERM it measures.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -22,12 +23,12 @@ if [ -n "$(git status --porcelain --untracked-files=no)" ]; then
 fi
 commit=$(git rev-parse --short HEAD)
 bin=/tmp/herald-bin-$commit
-if [ ! -x "$bin/herald" ] || [ ! -x "$bin/herald-loadgen" ]; then
-    cargo build --release --locked -j2 -p herald -p herald-loadgen
+if [ ! -x "$bin/herald" ] || [ ! -x "$bin/herald-loadgen" ] || [ ! -x "$bin/herald-floor" ]; then
+    cargo build --release --locked -j2 -p herald -p herald-loadgen -p herald-floor
     mkdir -p "$bin"
-    cp target/release/herald target/release/herald-loadgen "$bin/"
+    cp target/release/herald target/release/herald-loadgen target/release/herald-floor "$bin/"
 fi
-export HERALD_BIN=$bin/herald LOADGEN_BIN=$bin/herald-loadgen
+export HERALD_BIN=$bin/herald LOADGEN_BIN=$bin/herald-loadgen FLOOR_BIN=$bin/herald-floor
 out=benches/results/$commit
 mkdir -p "$out"
 
@@ -67,4 +68,9 @@ run topology-ingest-pg-c128 topology.sh ingest ingest --duration 10s --concurren
 run topology-ingest-pg-c512 topology.sh ingest ingest --duration 10s --concurrency 512
 run topology-fanout-5000-r50 topology.sh direct fanout --subscribers 5000 --rate 50 --duration 10s
 run topology-fanout-5000-r200 topology.sh direct fanout --subscribers 5000 --rate 200 --duration 10s
+
+# Fan-out against the floor (issue 13): herald-floor (one send(2) per
+# delivery, benches/floor/) and then the Redis topology, same load.
+run floor-fanout-1000-r20 floor.sh fanout --subscribers 1000 --rate 20 --duration 30s
+run topology-fanout-1000-r20 topology.sh direct fanout --subscribers 1000 --rate 20 --duration 30s
 echo "record.sh: outputs in $out"
