@@ -4,13 +4,14 @@
 //! - The reader decodes requests, enforces the rate limit, heartbeat and
 //!   token expiry, and answers each request once (PROTOCOL.md section 4).
 //! - The writer drains the [`Outbox`] and writes every queued frame with one
-//!   vectored write; it alone writes to the socket.
+//!   vectored write. Over TCP, fan-out also writes to the socket directly
+//!   when the outbox is idle ([`Outbox::deliver`]); the outbox lets only one
+//!   of them write at a time, so frames stay in order.
 //! - Subscribe ordering (PROTOCOL.md section 5): the subscriber is added to
 //!   the hub *buffering* before the channel position is read, so every
 //!   message after the reply's seq is either replayed or buffered; the reply
 //!   goes first, then the replay, then the buffer, then live messages.
 
-use herald_protocol::webhook::EventKind;
 use crate::Inner;
 use crate::hub::{AddError, ConnHandle, GoLive};
 use crate::ingest::PublishCall;
@@ -24,6 +25,7 @@ use herald_protocol::server::{
     ClientInfo, Disconnect, Empty, ErrorRef, Pong, PresenceList, ReplyErr, ReplyOk, SubResult,
     Unsubscribed, Welcome,
 };
+use herald_protocol::webhook::EventKind;
 use herald_protocol::{
     ChannelName, CloseCode, DecodeLimits, Encoding, ErrorCode, Op, Request, decode_request,
 };
@@ -35,12 +37,71 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
 use tracing::Instrument;
 
 /// Boxed read half (the upgraded TCP stream, or a generic split).
 pub type Reader = Box<dyn AsyncRead + Unpin + Send>;
 /// Boxed write half.
 pub type Writer = Box<dyn AsyncWrite + Unpin + Send>;
+
+/// The writer's handle to a TCP socket whose outbox also writes to it
+/// directly ([`Outbox::deliver`]): both share one [`OwnedWriteHalf`], which
+/// shuts the write side down when the last of them is dropped. Only one of
+/// them writes at a time (the outbox's `writing` rule), so the readiness
+/// waker below is the writer's alone: direct writes never poll.
+pub struct SharedTcpWriter(pub Arc<OwnedWriteHalf>);
+
+impl SharedTcpWriter {
+    /// Waits for write readiness, then runs `op`; a `WouldBlock` (a stale
+    /// readiness, or one a direct write used up) clears it and waits again.
+    fn poll_io<T>(
+        &self,
+        cx: &mut Context<'_>,
+        mut op: impl FnMut(&OwnedWriteHalf) -> std::io::Result<T>,
+    ) -> Poll<std::io::Result<T>> {
+        let tcp: &tokio::net::TcpStream = (*self.0).as_ref();
+        loop {
+            ready!(tcp.poll_write_ready(cx))?;
+            match op(&self.0) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for SharedTcpWriter {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.poll_io(cx, |w| w.try_write(buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.poll_io(cx, |w| w.try_write_vectored(bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    /// Sends our FIN now (the close path), whoever else holds the socket.
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let tcp: &tokio::net::TcpStream = (*self.0).as_ref();
+        Poll::Ready(socket2::SockRef::from(tcp).shutdown(std::net::Shutdown::Write))
+    }
+}
 
 /// What the HTTP upgrade learned before the socket was handed over.
 pub struct Handshake {
@@ -186,15 +247,26 @@ struct Conn {
     expires: Option<tokio::time::Instant>,
 }
 
-/// Runs a connection until it closes.
-pub async fn run(gw: Arc<Inner>, rd: Reader, wr: Writer, hs: Box<Handshake>) {
+/// Runs a connection until it closes. `direct` is the socket `wr` writes
+/// to, when fan-out may write to it too ([`Outbox::deliver`]).
+pub async fn run(
+    gw: Arc<Inner>,
+    rd: Reader,
+    wr: Writer,
+    direct: Option<Arc<OwnedWriteHalf>>,
+    hs: Box<Handshake>,
+) {
     let num = gw.next_conn_num();
     let id: Arc<str> = Arc::from(format!("c_{}", uuid::Uuid::now_v7().simple()));
+    let outbox = Outbox::new(gw.cfg.limits.max_queue_bytes);
+    if let Some(sock) = direct {
+        outbox.attach(sock);
+    }
     let handle = Arc::new(ConnHandle {
         num,
         id,
         enc: hs.enc,
-        outbox: Outbox::new(gw.cfg.limits.max_queue_bytes),
+        outbox,
         client: std::sync::OnceLock::new(),
     });
     let writer = write_loop(wr, gw.clone(), handle.clone());
@@ -403,7 +475,8 @@ async fn read_side(gw: Arc<Inner>, handle: Arc<ConnHandle>, rd: Reader, hs: Box<
         // an idle connection should not keep it.
         drop(hs);
         if welcomed {
-            gw.events.emit(EventKind::Connect, None, &conn.client_info());
+            gw.events
+                .emit(EventKind::Connect, None, &conn.client_info());
         }
         let linger_needed = !welcomed || conn.serve(&mut wsr).await;
         // Local state first, at once, whatever the bus and presence do: a
@@ -411,7 +484,8 @@ async fn read_side(gw: Arc<Inner>, handle: Arc<ConnHandle>, rd: Reader, hs: Box<
         // connection's limit slots) for 2 s per channel.
         conn.release();
         if welcomed {
-            gw.events.emit(EventKind::Disconnect, None, &conn.client_info());
+            gw.events
+                .emit(EventKind::Disconnect, None, &conn.client_info());
         }
         if linger_needed {
             Box::pin(linger(wsr, done)).await;
@@ -1232,5 +1306,116 @@ mod tests {
         let drained: Vec<String> = s.drain().map(|(c, _)| c.to_string()).collect();
         assert_eq!(drained, ["chat_1", "chat_3", "dashboard_website_1"]);
         assert_eq!(s.len(), 0);
+    }
+
+    /// Fan-out writing directly and the writer draining the queue share
+    /// one socket: under load, with the peer reading late, every frame
+    /// arrives once and in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+    async fn direct_writes_and_the_writer_keep_order() {
+        use crate::outbox::Delivered;
+        use tokio::io::AsyncReadExt;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (c, s) = tokio::join!(tokio::net::TcpStream::connect(addr), l.accept());
+        let (s, mut c) = (s.unwrap().0, c.unwrap());
+        s.set_nodelay(true).unwrap();
+        socket2::SockRef::from(&s)
+            .set_send_buffer_size(4096)
+            .unwrap();
+        socket2::SockRef::from(&c)
+            .set_recv_buffer_size(4096)
+            .unwrap();
+        let (_r, w) = s.into_split();
+        w.writable().await.unwrap();
+        let w = Arc::new(w);
+        let o = Arc::new(Outbox::new(64 << 20));
+        o.attach(w.clone());
+
+        // The writer, as write_loop runs it.
+        let writer = tokio::spawn({
+            let o = o.clone();
+            let mut wr: Writer = Box::new(SharedTcpWriter(w));
+            async move {
+                loop {
+                    match o.take().await {
+                        Take::Frames(mut f) => {
+                            let f = f.make_contiguous();
+                            let mut pos = (0, 0);
+                            poll_fn(|cx| poll_write_frames(&mut wr, cx, f, &mut pos))
+                                .await
+                                .unwrap();
+                        }
+                        Take::Close(_) => {
+                            wr.shutdown().await.unwrap();
+                            o.mark_dead();
+                            break;
+                        }
+                        Take::Stop => break,
+                    }
+                }
+                o.finish();
+            }
+        });
+        // Frame i: i as 8 bytes, repeated: 1 KiB for the first FILL (more
+        // than the small socket buffers hold), then 8 to 56 bytes. Little
+        // data in all: after a stall, loopback TCP here (BBR) crawls.
+        const FILL: u64 = 64;
+        const N: u64 = 5_000;
+        let frame = |i: u64| {
+            let times = if i < FILL { 128 } else { i % 7 + 1 };
+            Bytes::from(i.to_be_bytes().repeat(usize::try_from(times).unwrap()))
+        };
+        let start_reading = Arc::new(tokio::sync::Notify::new());
+        let reader = tokio::spawn({
+            let start = start_reading.clone();
+            async move {
+                start.notified().await;
+                let mut got = Vec::new();
+                c.read_to_end(&mut got).await.unwrap();
+                got
+            }
+        });
+        let (mut written, mut queued) = (0, 0);
+        for i in 0..N {
+            if i == FILL {
+                // The socket is full by now: the rest meets a reading peer.
+                start_reading.notify_one();
+            }
+            if i >= FILL && i % 5 == 0 {
+                // A reply, say: always queued.
+                assert!(o.push(frame(i)));
+            } else {
+                match o.deliver(frame(i)) {
+                    Delivered::Written => written += 1,
+                    Delivered::Partial(_) | Delivered::Queued => queued += 1,
+                    Delivered::Refused => panic!("refused frame {i}"),
+                }
+            }
+            if i % 64 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        o.close(CloseCode::Normal);
+        let got = tokio::time::timeout(Duration::from_secs(60), reader)
+            .await
+            .expect("all frames arrive")
+            .unwrap();
+        writer.await.unwrap();
+        assert!(
+            written > 0 && queued > 0,
+            "both paths taken: {written} written, {queued} queued"
+        );
+        let mut at = 0;
+        for i in 0..N {
+            let f = frame(i);
+            assert_eq!(
+                got.get(at..at + f.len()),
+                Some(&f[..]),
+                "frame {i} in place"
+            );
+            at += f.len();
+        }
+        assert_eq!(at, got.len());
     }
 }

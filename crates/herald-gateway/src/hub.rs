@@ -9,12 +9,14 @@
 //!   (DESIGN.md guarantee 2): a later seq waits while an earlier one is
 //!   missing, and the gap is filled from history after `gap_timeout`.
 //! - Each message is encoded once per encoding; every subscriber's queue gets
-//!   the same `Bytes` (DESIGN.md performance model).
+//!   the same `Bytes` (DESIGN.md performance model). Fan-out hands them to
+//!   [`Outbox::deliver`], which writes an idle connection's socket at once
+//!   (one non-blocking `write(2)`, no task wake-up) and queues otherwise.
 //! - No await while a shard lock is held; locks are std mutexes.
 
 use crate::ingest::Ingest;
 use crate::metrics as m;
-use crate::outbox::Outbox;
+use crate::outbox::{Delivered, Outbox};
 use crate::ws;
 use bytes::Bytes;
 use herald_bus::{BusHandler, BusSubscriber};
@@ -273,6 +275,9 @@ pub struct Hub {
     bus_cmds: mpsc::UnboundedSender<BusCmd>,
     gap_timeout: Duration,
     max_buffer_bytes: usize,
+    /// Frames fan-out wrote to sockets itself ([`Outbox::deliver`]), counted
+    /// like the writers' (once per message, not per subscriber).
+    sent: m::Sent,
     me: Weak<Hub>,
 }
 
@@ -293,6 +298,7 @@ impl Hub {
             bus_cmds: tx,
             gap_timeout,
             max_buffer_bytes,
+            sent: m::Sent::default(),
             me: me.clone(),
         });
         let handler: Arc<dyn BusHandler> = Arc::new(HubHandler(Arc::downgrade(&hub)));
@@ -497,7 +503,7 @@ impl Hub {
             }
             let msg = entry.remove();
             last = msg.seq;
-            deliver_message(chan, &msg, self.max_buffer_bytes);
+            deliver_message(chan, &msg, self.max_buffer_bytes, &self.sent);
         }
         chan.last = Some(last);
         if !chan.pending.is_empty() && !chan.fill_scheduled {
@@ -649,6 +655,7 @@ impl Hub {
     fn on_ephemeral(&self, ch: &ChannelName, e: Ephemeral) {
         let shard = self.shard(ch.as_str());
         let Some(chan) = shard.get(ch) else { return };
+        let mut direct = DirectWrites::default();
         // Ephemeral frames go to live subscribers only. Buffering ones are
         // mid-subscribe; they did not hold the channel when it was sent.
         for sub in &chan.subs {
@@ -659,9 +666,11 @@ impl Hub {
                 continue;
             }
             if let SubState::Live { .. } = sub.state {
-                sub.conn.outbox.push(e.bytes(sub.conn.enc).clone());
+                let b = e.bytes(sub.conn.enc);
+                direct.add(sub.conn.outbox.deliver(b.clone()), b.len());
             }
         }
+        direct.count(&self.sent);
     }
 
     /// Number of shards, for walking the hub one shard at a time
@@ -832,14 +841,48 @@ impl<T: AsRef<str>> TopN<T> {
     }
 }
 
-fn deliver_message(chan: &mut Channel, msg: &Msg, max_buffer: usize) {
+/// Frames and bytes one fan-out wrote to sockets itself, counted once at
+/// its end (two counter updates per message rather than two per
+/// subscriber).
+#[derive(Default)]
+struct DirectWrites {
+    frames: u64,
+    bytes: u64,
+}
+
+impl DirectWrites {
+    fn add(&mut self, d: Delivered, len: usize) {
+        match d {
+            Delivered::Written => {
+                self.frames += 1;
+                self.bytes += len as u64;
+            }
+            // The writer counts the frame (and the rest of its bytes).
+            Delivered::Partial(n) => self.bytes += n as u64,
+            Delivered::Queued | Delivered::Refused => {}
+        }
+    }
+
+    fn count(&self, sent: &m::Sent) {
+        if self.frames > 0 {
+            sent.frames.increment(self.frames);
+        }
+        if self.bytes > 0 {
+            sent.bytes.increment(self.bytes);
+        }
+    }
+}
+
+fn deliver_message(chan: &mut Channel, msg: &Msg, max_buffer: usize, sent: &m::Sent) {
     let lag = (herald_protocol::now_ms() - msg.ts).max(0);
     m::delivery_lag().record(lag as f64 / 1000.0);
+    let mut direct = DirectWrites::default();
     for sub in &mut chan.subs {
         match &mut sub.state {
             SubState::Live { after } => {
                 if msg.seq > *after {
-                    sub.conn.outbox.push(msg.bytes(sub.conn.enc).clone());
+                    let b = msg.bytes(sub.conn.enc);
+                    direct.add(sub.conn.outbox.deliver(b.clone()), b.len());
                 }
             }
             SubState::Buffering { buf, bytes } => {
@@ -855,6 +898,7 @@ fn deliver_message(chan: &mut Channel, msg: &Msg, max_buffer: usize) {
             }
         }
     }
+    direct.count(sent);
 }
 
 struct HubHandler(Weak<Hub>);

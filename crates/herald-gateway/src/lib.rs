@@ -7,7 +7,8 @@
 //! - [`http_ingest`]: [`Ingest`] over HTTP, for `herald gateway`.
 //! - [`hub`]: sharded channel -> subscribers table, ordering by seq, gap fill.
 //! - [`conn`]: one task per connection (reader + writer).
-//! - [`outbox`]: the byte-bounded outbound queue.
+//! - [`outbox`]: the byte-bounded outbound queue, and direct writes of
+//!   fan-out to idle sockets.
 //! - [`drain`]: the pacing of a drain's closes over its window.
 //! - [`ws`]: server-side WebSocket framing.
 //! - [`metrics`]: metric names.
@@ -485,8 +486,8 @@ impl Gateway {
                     return;
                 }
             };
-            let (rd, wr) = split_upgraded(ws.into_inner());
-            conn::run(inner, rd, wr, hs).await;
+            let (rd, wr, direct) = split_upgraded(ws.into_inner());
+            conn::run(inner, rd, wr, direct, hs).await;
         });
         resp.map(|_| Full::new(Bytes::new()))
     }
@@ -522,27 +523,38 @@ impl Gateway {
 }
 
 /// The upgraded socket, split: the raw TCP halves when possible (lock-free),
-/// with bytes hyper already read replayed first.
-fn split_upgraded(io: TokioIo<hyper::upgrade::Upgraded>) -> (conn::Reader, conn::Writer) {
+/// with bytes hyper already read replayed first. For TCP the write half is
+/// shared: the third value is the outbox's handle for direct writes
+/// ([`outbox::Outbox::deliver`]).
+fn split_upgraded(
+    io: TokioIo<hyper::upgrade::Upgraded>,
+) -> (
+    conn::Reader,
+    conn::Writer,
+    Option<Arc<tokio::net::tcp::OwnedWriteHalf>>,
+) {
     let upgraded = io.into_inner();
     match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
         Ok(parts) => {
             let (r, w) = parts.io.into_inner().into_split();
+            let w = Arc::new(w);
+            let wr: conn::Writer = Box::new(conn::SharedTcpWriter(w.clone()));
             if parts.read_buf.is_empty() {
                 // Dropping the empty view frees hyper's 8 KiB read buffer,
                 // which would otherwise live as long as the connection.
-                (Box::new(r), Box::new(w))
+                (Box::new(r), wr, Some(w))
             } else {
                 let pre = std::io::Cursor::new(Bytes::copy_from_slice(&parts.read_buf));
                 (
                     Box::new(tokio::io::AsyncReadExt::chain(pre, r)),
-                    Box::new(w),
+                    wr,
+                    Some(w),
                 )
             }
         }
         Err(upgraded) => {
             let (r, w) = tokio::io::split(TokioIo::new(upgraded));
-            (Box::new(r), Box::new(w))
+            (Box::new(r), Box::new(w), None)
         }
     }
 }

@@ -5,11 +5,22 @@
 //! marks the connection for close 4008 and drops the frame, so a slow client
 //! never slows anyone else. An idle outbox holds no allocation (an empty
 //! `VecDeque`), which keeps idle connections small.
+//!
+//! Direct writes (issue 13): fan-out goes through [`Outbox::deliver`], which
+//! writes the frame to the socket itself, from the hub's thread, when the
+//! connection is idle (nothing queued, the writer not mid-write, no close):
+//! one `write(2)` and no task wake-up per delivery, instead of a notify, a
+//! poll of the connection's task and a `writev` of one frame. Order is kept
+//! by one rule, checked under the outbox lock: nothing is written directly
+//! while anything is queued or being written. Whatever the socket does not
+//! take at once (all of it, or the rest of a partial write) is queued for the
+//! writer, which then owns the socket until the queue is empty again.
 
 use bytes::Bytes;
 use herald_protocol::CloseCode;
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 
 /// A connection's outbound queue.
@@ -38,6 +49,13 @@ struct State {
     dead: bool,
     /// The writer task has returned (set once, by [`Outbox::finish`]).
     finished: bool,
+    /// The writer has taken frames and not yet come back for more: its
+    /// write may be in progress, so nothing may be written directly.
+    writing: bool,
+    /// The socket, for direct writes ([`Outbox::deliver`]); `None` for
+    /// non-TCP connections and once the writer has stopped (so a hub that
+    /// still holds the connection does not keep its socket open).
+    sock: Option<Arc<OwnedWriteHalf>>,
 }
 
 impl State {
@@ -67,6 +85,21 @@ fn reserve_one(q: &mut VecDeque<Bytes>) {
     if q.capacity() == 0 {
         q.reserve_exact(1);
     }
+}
+
+/// What [`Outbox::deliver`] did with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivered {
+    /// The socket took the whole frame: it is sent (the caller counts it).
+    Written,
+    /// The socket took this many bytes (more than 0); the rest is queued
+    /// for the writer, which counts the frame when it has written it.
+    Partial(usize),
+    /// Queued for the writer, whole.
+    Queued,
+    /// Refused: the connection is closing or gone, or the frame passed the
+    /// bound (the connection is then marked for close 4008).
+    Refused,
 }
 
 /// What the writer takes each round.
@@ -101,23 +134,90 @@ impl Outbox {
     /// marked for close 4008 and `false` is returned.
     pub fn push(&self, frame: Bytes) -> bool {
         let mut s = self.lock();
+        if !self.admit(&mut s, frame.len()) {
+            return false;
+        }
+        s.bytes += frame.len();
+        Self::enqueue(&mut s, frame);
+        drop(s);
+        self.writer.notify_one();
+        true
+    }
+
+    /// Fan-out's push: like [`Outbox::push`], but when the connection is
+    /// idle the frame is written to the socket at once, on the caller's
+    /// thread, without waking the connection's task. The write is one
+    /// non-blocking `write(2)` under the outbox lock (which serialises it
+    /// with other direct writes and with the writer taking frames); what the
+    /// socket does not take is queued for the writer, so the caller never
+    /// blocks (DESIGN.md guarantee 4) and order is kept (guarantee 2).
+    pub fn deliver(&self, frame: Bytes) -> Delivered {
+        let mut s = self.lock();
+        if !self.admit(&mut s, frame.len()) {
+            return Delivered::Refused;
+        }
+        let mut written = 0;
+        // Idle: nothing queued (frames, pong, ping), no write in progress.
+        // `admit` has checked there is no close and the socket is not gone.
+        if !s.writing
+            && s.is_empty()
+            && let Some(sock) = &s.sock
+        {
+            match sock.try_write(&frame) {
+                Ok(n) if n == frame.len() => return Delivered::Written,
+                Ok(n) => written = n,
+                // WouldBlock: the writer waits for the socket. Any other
+                // error: the writer meets it too and ends the connection,
+                // as for any failed write.
+                Err(_) => {}
+            }
+        }
+        let rest = if written == 0 {
+            frame
+        } else {
+            frame.slice(written..)
+        };
+        s.bytes += rest.len();
+        Self::enqueue(&mut s, rest);
+        drop(s);
+        self.writer.notify_one();
+        if written == 0 {
+            Delivered::Queued
+        } else {
+            Delivered::Partial(written)
+        }
+    }
+
+    /// Whether a frame of `len` bytes may be queued; past the bound the
+    /// connection is marked for close 4008 (and its queue dropped).
+    fn admit(&self, s: &mut State, len: usize) -> bool {
         if s.close.is_some() || s.dead {
             return false;
         }
-        if s.bytes + frame.len() > self.max_bytes {
+        if s.bytes + len > self.max_bytes {
             s.close = Some(CloseCode::SlowConsumer);
             s.clear();
-            drop(s);
             self.writer.notify_one();
             self.drained.notify_waiters();
             return false;
         }
-        s.bytes += frame.len();
+        true
+    }
+
+    fn enqueue(s: &mut State, frame: Bytes) {
         reserve_one(&mut s.queue);
         s.queue.push_back(frame);
-        drop(s);
-        self.writer.notify_one();
-        true
+    }
+
+    /// Gives the outbox the connection's socket for direct writes
+    /// ([`Outbox::deliver`]). The writer keeps writing through its own
+    /// handle to the same socket; the outbox drops this one when the writer
+    /// stops.
+    pub fn attach(&self, sock: Arc<OwnedWriteHalf>) {
+        let mut s = self.lock();
+        if !s.dead && !s.finished {
+            s.sock = Some(sock);
+        }
     }
 
     /// Queues a pong, replacing one still waiting (its bytes are at most
@@ -215,14 +315,22 @@ impl Outbox {
         let mut s = self.lock();
         s.dead = true;
         s.clear();
+        let sock = s.sock.take();
         drop(s);
+        drop(sock);
         self.writer.notify_one();
         self.drained.notify_waiters();
     }
 
     /// Writer side: the writer has returned; wakes [`Outbox::finished`].
+    /// Drops the outbox's socket handle: the hub may hold the connection a
+    /// while longer, the socket must close with the connection.
     pub fn finish(&self) {
-        self.lock().finished = true;
+        let mut s = self.lock();
+        s.finished = true;
+        let sock = s.sock.take();
+        drop(s);
+        drop(sock);
         self.drained.notify_waiters();
     }
 
@@ -239,12 +347,15 @@ impl Outbox {
         }
     }
 
-    /// Writer side: waits for frames or a close request.
+    /// Writer side: waits for frames or a close request. Calling it again
+    /// says the frames it returned last are written (or the write failed and
+    /// the connection is dead): until then no frame is written directly.
     pub async fn take(&self) -> Take {
         loop {
             let notified = self.writer.notified();
             {
                 let mut s = self.lock();
+                s.writing = false;
                 if s.dead {
                     return Take::Stop;
                 }
@@ -256,6 +367,7 @@ impl Outbox {
                 }
                 if !s.queue.is_empty() {
                     s.bytes = 0;
+                    s.writing = true;
                     // The whole queue, buffer and all: no copy, and nothing
                     // left allocated here once it is written.
                     return Take::Frames(std::mem::take(&mut s.queue));
@@ -302,6 +414,8 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::FutureExt;
+    use std::time::Duration;
 
     #[tokio::test]
     async fn bound_closes_with_4008() {
@@ -382,5 +496,240 @@ mod tests {
             Take::Close(_) | Take::Stop => panic!("unexpected close"),
         }
         assert!(o.push(Bytes::from_static(b"0123456789")));
+    }
+
+    /// A connected pair on 127.0.0.1: the server side split as a
+    /// connection is (the write half shared), and the client. With `small`
+    /// socket buffers a peer that does not read fills them fast (but one
+    /// that reads much through them waits on delayed acks).
+    async fn tcp_pair_with(
+        small: bool,
+    ) -> (
+        tokio::net::tcp::OwnedReadHalf,
+        Arc<OwnedWriteHalf>,
+        tokio::net::TcpStream,
+    ) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (c, s) = tokio::join!(tokio::net::TcpStream::connect(addr), l.accept());
+        let (s, c) = (s.unwrap().0, c.unwrap());
+        s.set_nodelay(true).unwrap();
+        if small {
+            socket2::SockRef::from(&s)
+                .set_send_buffer_size(4096)
+                .unwrap();
+            socket2::SockRef::from(&c)
+                .set_recv_buffer_size(4096)
+                .unwrap();
+        }
+        let (r, w) = s.into_split();
+        // Hyper has written the 101 through this socket before fan-out
+        // sees it: its write readiness is known.
+        w.writable().await.unwrap();
+        (r, Arc::new(w), c)
+    }
+
+    async fn tcp_pair() -> (
+        tokio::net::tcp::OwnedReadHalf,
+        Arc<OwnedWriteHalf>,
+        tokio::net::TcpStream,
+    ) {
+        tcp_pair_with(true).await
+    }
+
+    /// The writer's side of the test: takes frames and writes them all.
+    async fn write_taken(o: &Outbox, wr: &mut crate::conn::SharedTcpWriter) -> Vec<Bytes> {
+        use tokio::io::AsyncWriteExt;
+        match o.take().await {
+            Take::Frames(f) => {
+                for b in &f {
+                    wr.write_all(b).await.unwrap();
+                }
+                f.into()
+            }
+            Take::Close(_) | Take::Stop => panic!("unexpected close"),
+        }
+    }
+
+    async fn read_exact(c: &mut tokio::net::TcpStream, n: usize) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0; n];
+        tokio::time::timeout(Duration::from_secs(10), c.read_exact(&mut buf))
+            .await
+            .expect("the bytes arrive")
+            .unwrap();
+        buf
+    }
+
+    /// Whether the writer has a wake-up waiting.
+    fn writer_woken(o: &Outbox) -> bool {
+        o.writer.notified().now_or_never().is_some()
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_is_written_directly_without_waking_the_writer() {
+        let (_r, w, mut c) = tcp_pair().await;
+        let o = Outbox::new(1 << 20);
+        o.attach(w);
+        assert_eq!(o.deliver(Bytes::from_static(b"one")), Delivered::Written);
+        assert_eq!(o.deliver(Bytes::from_static(b"two")), Delivered::Written);
+        assert!(!writer_woken(&o));
+        assert!(o.lock().queue.is_empty());
+        assert_eq!(read_exact(&mut c, 6).await, b"onetwo");
+        // Without a socket (non-TCP connections) it is a push.
+        let plain = Outbox::new(100);
+        assert_eq!(plain.deliver(Bytes::from_static(b"x")), Delivered::Queued);
+        assert!(writer_woken(&plain));
+    }
+
+    #[tokio::test]
+    async fn queued_or_in_flight_frames_go_first() {
+        let (_r, w, mut c) = tcp_pair().await;
+        let mut wr = crate::conn::SharedTcpWriter(w.clone());
+        let o = Outbox::new(1 << 20);
+        o.attach(w);
+        // Something queued (a reply): fan-out queues behind it.
+        assert!(o.push(Bytes::from_static(b"a")));
+        assert_eq!(o.deliver(Bytes::from_static(b"b")), Delivered::Queued);
+        // A pending pong or ping counts as queued too.
+        let taken = match o.take().await {
+            Take::Frames(f) => f,
+            Take::Close(_) | Take::Stop => panic!("unexpected close"),
+        };
+        assert_eq!(taken, [Bytes::from_static(b"a"), Bytes::from_static(b"b")]);
+        // The writer holds them, not yet written: still no direct write.
+        assert_eq!(o.deliver(Bytes::from_static(b"c")), Delivered::Queued);
+        {
+            use tokio::io::AsyncWriteExt;
+            for b in &taken {
+                wr.write_all(b).await.unwrap();
+            }
+        }
+        assert_eq!(write_taken(&o, &mut wr).await, [Bytes::from_static(b"c")]);
+        assert!(o.push_ping());
+        assert_eq!(o.deliver(Bytes::from_static(b"d")), Delivered::Queued);
+        assert_eq!(
+            write_taken(&o, &mut wr).await,
+            [Bytes::from_static(b"d"), Bytes::from_static(PING)]
+        );
+        // The writer came back and found nothing: idle again.
+        assert!(o.take().now_or_never().is_none());
+        assert_eq!(o.deliver(Bytes::from_static(b"e")), Delivered::Written);
+        let mut want = b"abcd".to_vec();
+        want.extend_from_slice(PING);
+        want.push(b'e');
+        assert_eq!(read_exact(&mut c, want.len()).await, want);
+    }
+
+    #[tokio::test]
+    async fn a_partial_write_queues_the_rest() {
+        let (_r, w, mut c) = tcp_pair_with(false).await;
+        let mut wr = crate::conn::SharedTcpWriter(w.clone());
+        let o = Outbox::new(64 << 20);
+        o.attach(w);
+        // More than the largest send buffer (4 MiB) and a receive window
+        // that has not grown (its peer has not read yet).
+        let big: Bytes = (0..16u32 << 20)
+            .map(|i| u8::try_from(i % 251).unwrap())
+            .collect::<Vec<u8>>()
+            .into();
+        let Delivered::Partial(n) = o.deliver(big.clone()) else {
+            panic!("16 MiB does not fit the socket buffers at once");
+        };
+        assert!(n > 0 && n < big.len());
+        assert!(writer_woken(&o));
+        {
+            let s = o.lock();
+            assert_eq!(s.queue, [big.slice(n..)]);
+            assert_eq!(s.bytes, big.len() - n);
+        }
+        // Fan-out queues behind the remainder.
+        assert_eq!(o.deliver(Bytes::from_static(b"after")), Delivered::Queued);
+        let total = big.len() + 5;
+        let reader = tokio::spawn(async move { read_exact(&mut c, total).await });
+        write_taken(&o, &mut wr).await;
+        let got = reader.await.unwrap();
+        assert_eq!(&got[..big.len()], &big[..]);
+        assert_eq!(&got[big.len()..], b"after");
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_does_not_read_hits_the_bound() {
+        let (_r, w, _c) = tcp_pair().await;
+        let o = Outbox::new(64 << 10);
+        o.attach(w);
+        let frame = Bytes::from(vec![7u8; 1 << 10]);
+        let mut seen = Vec::new();
+        for _ in 0..10_000 {
+            let d = o.deliver(frame.clone());
+            if seen.last() != Some(&d) {
+                seen.push(d);
+            }
+            if d == Delivered::Refused {
+                break;
+            }
+        }
+        // Written while the socket took them, then queued (the first
+        // perhaps in part), then refused with 4008 past the bound.
+        assert_eq!(seen.first(), Some(&Delivered::Written));
+        assert_eq!(seen.last(), Some(&Delivered::Refused));
+        assert!(seen.contains(&Delivered::Queued));
+        assert_eq!(o.close_code(), Some(CloseCode::SlowConsumer));
+        assert!(matches!(
+            o.take().await,
+            Take::Close(CloseCode::SlowConsumer)
+        ));
+        // Closing: nothing more is written directly.
+        assert_eq!(o.deliver(Bytes::from_static(b"x")), Delivered::Refused);
+    }
+
+    #[tokio::test]
+    async fn the_socket_closes_when_the_writer_stops_though_the_outbox_lives() {
+        use tokio::io::AsyncReadExt;
+        let (r, w, mut c) = tcp_pair().await;
+        let held = Arc::downgrade(&w);
+        let wr = crate::conn::SharedTcpWriter(w.clone());
+        // The hub's handle on the connection: it may outlive the writer.
+        let o = Arc::new(Outbox::new(1 << 20));
+        o.attach(w);
+        assert_eq!(o.deliver(Bytes::from_static(b"last")), Delivered::Written);
+        // The writer's socket fails: it marks the outbox dead and returns.
+        o.mark_dead();
+        drop(wr);
+        o.finish();
+        drop(r);
+        assert!(held.upgrade().is_none(), "no handle left on the socket");
+        assert_eq!(o.deliver(Bytes::from_static(b"x")), Delivered::Refused);
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut got))
+            .await
+            .expect("the peer sees the close")
+            .unwrap();
+        assert_eq!(got, b"last");
+    }
+
+    #[tokio::test]
+    async fn a_close_goes_after_directly_written_frames() {
+        use tokio::io::AsyncReadExt;
+        use tokio::io::AsyncWriteExt;
+        let (_r, w, mut c) = tcp_pair().await;
+        let mut wr = crate::conn::SharedTcpWriter(w.clone());
+        let o = Arc::new(Outbox::new(1 << 20));
+        o.attach(w);
+        assert_eq!(o.deliver(Bytes::from_static(b"msg")), Delivered::Written);
+        o.close(CloseCode::Normal);
+        assert_eq!(o.deliver(Bytes::from_static(b"late")), Delivered::Refused);
+        assert!(matches!(o.take().await, Take::Close(CloseCode::Normal)));
+        wr.write_all(b"bye").await.unwrap();
+        // The FIN goes now, though the outbox still holds the socket.
+        wr.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut got))
+            .await
+            .expect("the peer sees the FIN")
+            .unwrap();
+        assert_eq!(got, b"msgbye");
+        o.mark_dead();
+        o.finish();
     }
 }
