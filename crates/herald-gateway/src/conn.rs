@@ -38,12 +38,74 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
+use futures_util::FutureExt;
 use tracing::Instrument;
 
 /// Boxed read half (the upgraded TCP stream, or a generic split).
 pub type Reader = Box<dyn AsyncRead + Unpin + Send>;
-/// Boxed write half.
-pub type Writer = Box<dyn AsyncWrite + Unpin + Send>;
+/// The write half: the shared TCP socket inline (the usual case, no
+/// allocation of its own), or any other stream boxed.
+pub enum Writer {
+    /// A TCP socket the outbox also writes to ([`Outbox::deliver`]).
+    Tcp(SharedTcpWriter),
+    /// Anything else (a generic split of an upgraded stream).
+    Other(Box<dyn AsyncWrite + Unpin + Send>),
+}
+
+impl Writer {
+    /// The socket fan-out may write to directly, when there is one.
+    fn direct(&self) -> Option<Arc<OwnedWriteHalf>> {
+        match self {
+            Self::Tcp(w) => Some(w.0.clone()),
+            Self::Other(_) => None,
+        }
+    }
+}
+
+impl AsyncWrite for Writer {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Tcp(w) => Pin::new(w).poll_write(cx, buf),
+            Self::Other(w) => Pin::new(w).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Tcp(w) => Pin::new(w).poll_write_vectored(cx, bufs),
+            Self::Other(w) => Pin::new(w).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Self::Tcp(w) => w.is_write_vectored(),
+            Self::Other(w) => w.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(w) => Pin::new(w).poll_flush(cx),
+            Self::Other(w) => Pin::new(w).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(w) => Pin::new(w).poll_shutdown(cx),
+            Self::Other(w) => Pin::new(w).poll_shutdown(cx),
+        }
+    }
+}
 
 /// The writer's handle to a TCP socket whose outbox also writes to it
 /// directly ([`Outbox::deliver`]): both share one [`OwnedWriteHalf`], which
@@ -247,31 +309,36 @@ struct Conn {
     expires: Option<tokio::time::Instant>,
 }
 
-/// Runs a connection until it closes. `direct` is the socket `wr` writes
-/// to, when fan-out may write to it too ([`Outbox::deliver`]).
-pub async fn run(
+/// A connection, ready to run until it closes. The handle is built here,
+/// outside the returned future, so the task of every idle connection
+/// carries only the writer's and the reader's states, not the locals that
+/// built them.
+pub fn run(
     gw: Arc<Inner>,
     rd: Reader,
     wr: Writer,
-    direct: Option<Arc<OwnedWriteHalf>>,
     hs: Box<Handshake>,
-) {
-    let num = gw.next_conn_num();
-    let id: Arc<str> = Arc::from(format!("c_{}", uuid::Uuid::now_v7().simple()));
+) -> impl Future<Output = ()> + Send {
+    let handle = new_handle(&gw, hs.enc, wr.direct());
+    let writer = write_loop(wr, gw.clone(), handle.clone());
+    let reader = read_side(gw, handle, rd, hs);
+    // `join` holds each half once; an `async move` block around
+    // `tokio::join!` would carry both twice (as captures and as join state).
+    futures_util::future::join(writer, reader).map(|((), ())| ())
+}
+
+fn new_handle(gw: &Inner, enc: Encoding, direct: Option<Arc<OwnedWriteHalf>>) -> Arc<ConnHandle> {
     let outbox = Outbox::new(gw.cfg.limits.max_queue_bytes);
     if let Some(sock) = direct {
         outbox.attach(sock);
     }
-    let handle = Arc::new(ConnHandle {
-        num,
-        id,
-        enc: hs.enc,
+    Arc::new(ConnHandle {
+        num: gw.next_conn_num(),
+        id: Arc::from(format!("c_{}", uuid::Uuid::now_v7().simple())),
+        enc,
         outbox,
         client: std::sync::OnceLock::new(),
-    });
-    let writer = write_loop(wr, gw.clone(), handle.clone());
-    let reader = read_side(gw, handle.clone(), rd, hs);
-    tokio::join!(writer, reader);
+    })
 }
 
 /// How long a write blocked on a non-reading client may go on after the
@@ -1335,7 +1402,7 @@ mod tests {
         // The writer, as write_loop runs it.
         let writer = tokio::spawn({
             let o = o.clone();
-            let mut wr: Writer = Box::new(SharedTcpWriter(w));
+            let mut wr = Writer::Tcp(SharedTcpWriter(w));
             async move {
                 loop {
                     match o.take().await {

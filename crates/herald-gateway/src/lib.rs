@@ -486,8 +486,8 @@ impl Gateway {
                     return;
                 }
             };
-            let (rd, wr, direct) = split_upgraded(ws.into_inner());
-            conn::run(inner, rd, wr, direct, hs).await;
+            let (rd, wr) = split_upgraded(ws.into_inner());
+            conn::run(inner, rd, wr, hs).await;
         });
         resp.map(|_| Full::new(Bytes::new()))
     }
@@ -524,37 +524,25 @@ impl Gateway {
 
 /// The upgraded socket, split: the raw TCP halves when possible (lock-free),
 /// with bytes hyper already read replayed first. For TCP the write half is
-/// shared: the third value is the outbox's handle for direct writes
-/// ([`outbox::Outbox::deliver`]).
-fn split_upgraded(
-    io: TokioIo<hyper::upgrade::Upgraded>,
-) -> (
-    conn::Reader,
-    conn::Writer,
-    Option<Arc<tokio::net::tcp::OwnedWriteHalf>>,
-) {
+/// shared with the outbox for direct writes ([`outbox::Outbox::deliver`]).
+fn split_upgraded(io: TokioIo<hyper::upgrade::Upgraded>) -> (conn::Reader, conn::Writer) {
     let upgraded = io.into_inner();
     match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
         Ok(parts) => {
             let (r, w) = parts.io.into_inner().into_split();
-            let w = Arc::new(w);
-            let wr: conn::Writer = Box::new(conn::SharedTcpWriter(w.clone()));
+            let wr = conn::Writer::Tcp(conn::SharedTcpWriter(Arc::new(w)));
             if parts.read_buf.is_empty() {
                 // Dropping the empty view frees hyper's 8 KiB read buffer,
                 // which would otherwise live as long as the connection.
-                (Box::new(r), wr, Some(w))
+                (Box::new(r), wr)
             } else {
                 let pre = std::io::Cursor::new(Bytes::copy_from_slice(&parts.read_buf));
-                (
-                    Box::new(tokio::io::AsyncReadExt::chain(pre, r)),
-                    wr,
-                    Some(w),
-                )
+                (Box::new(tokio::io::AsyncReadExt::chain(pre, r)), wr)
             }
         }
         Err(upgraded) => {
             let (r, w) = tokio::io::split(TokioIo::new(upgraded));
-            (Box::new(r), Box::new(w), None)
+            (Box::new(r), conn::Writer::Other(Box::new(w)))
         }
     }
 }
