@@ -7,8 +7,10 @@
 //! scoped to the publishing user (PROTOCOL.md section 8).
 
 use crate::ingest::{ApiPublish, Ingest, IngestError, PublishCall};
+use crate::positions::Batcher;
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use herald_protocol::api::{HistoryPage, PositionsAnswer, PublishAnswer};
 use herald_protocol::server::{ErrorBody, PublishResult};
 use herald_protocol::{ChannelName, ErrorCode};
@@ -16,6 +18,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Header naming the WebSocket publisher whose key scope a gateway publish
@@ -28,6 +31,13 @@ const MAX_ANSWER_BYTES: usize = 64 << 20;
 
 /// Ingest reached over HTTP.
 pub struct HttpIngest {
+    http: Arc<Http>,
+    /// One-channel position reads, merged (crate::positions).
+    positions: Batcher,
+}
+
+/// The pooled client and what every call carries.
+struct Http {
     client: Client<HttpConnector, Full<Bytes>>,
     base: String,
     auth: String,
@@ -45,13 +55,34 @@ impl HttpIngest {
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(64)
             .build(conn);
-        Self {
+        let http = Arc::new(Http {
             client,
             base: base.trim_end_matches('/').to_owned(),
             auth: format!("Bearer {api_key}"),
             attempt_timeout: Duration::from_secs(3),
             attempts: 3,
-        }
+        });
+        let h = http.clone();
+        let positions = Batcher::new(Arc::new(move |names: Vec<ChannelName>| {
+            let h = h.clone();
+            Box::pin(async move { h.positions(&names).await }) as BoxFuture<'static, _>
+        }));
+        Self { http, positions }
+    }
+}
+
+impl Http {
+    /// Each channel's last seq, in the order given (one request).
+    async fn positions(&self, channels: &[ChannelName]) -> Result<Vec<u64>, IngestError> {
+        let body = serde_json::to_vec(&serde_json::json!({ "channels": channels }))
+            .map_err(|e| IngestError::unavailable(e.to_string()))?;
+        let a: PositionsAnswer = self
+            .call(http::Method::POST, "/v1/positions", Some(body), None)
+            .await?;
+        Ok(channels
+            .iter()
+            .map(|c| a.positions.get(c.as_str()).copied().unwrap_or(0))
+            .collect())
     }
 
     /// One call with retries on transport failure and 503 (safe: reads are
@@ -162,6 +193,7 @@ impl Ingest for HttpIngest {
         let body =
             serde_json::to_vec(&body).map_err(|e| IngestError::unavailable(e.to_string()))?;
         let a: PublishAnswer = self
+            .http
             .call(
                 http::Method::POST,
                 "/v1/publish",
@@ -188,6 +220,7 @@ impl Ingest for HttpIngest {
         let body = serde_json::to_vec(&serde_json::json!({ "events": events }))
             .map_err(|e| IngestError::unavailable(e.to_string()))?;
         let _: serde_json::Value = self
+            .http
             .call(http::Method::POST, "/v1/events", Some(body), None)
             .await?;
         Ok(())
@@ -209,7 +242,8 @@ impl Ingest for HttpIngest {
         });
         let body =
             serde_json::to_vec(&body).map_err(|e| IngestError::unavailable(e.to_string()))?;
-        self.call(http::Method::POST, "/v1/publish", Some(body), None)
+        self.http
+            .call(http::Method::POST, "/v1/publish", Some(body), None)
             .await
     }
 
@@ -220,18 +254,15 @@ impl Ingest for HttpIngest {
         limit: u32,
     ) -> Result<HistoryPage, IngestError> {
         let path = format!("/v1/channels/{channel}/messages?after={after}&limit={limit}");
-        self.call(http::Method::GET, &path, None, None).await
+        self.http.call(http::Method::GET, &path, None, None).await
     }
 
+    /// A subscription's read (one channel) is merged with concurrent ones
+    /// (crate::positions); catch-up's list goes as it is.
     async fn positions(&self, channels: &[ChannelName]) -> Result<Vec<u64>, IngestError> {
-        let body = serde_json::to_vec(&serde_json::json!({ "channels": channels }))
-            .map_err(|e| IngestError::unavailable(e.to_string()))?;
-        let a: PositionsAnswer = self
-            .call(http::Method::POST, "/v1/positions", Some(body), None)
-            .await?;
-        Ok(channels
-            .iter()
-            .map(|c| a.positions.get(c.as_str()).copied().unwrap_or(0))
-            .collect())
+        match channels {
+            [one] => Ok(vec![self.positions.position(one).await?]),
+            _ => self.http.positions(channels).await,
+        }
     }
 }

@@ -25,6 +25,7 @@ pub mod hub;
 pub mod ingest;
 pub mod metrics;
 pub mod outbox;
+pub mod positions;
 pub mod ws;
 
 #[cfg(test)]
