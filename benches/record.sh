@@ -9,9 +9,9 @@
 # The binaries are built once, then copied to /tmp/herald-bin-<commit> so a
 # later build cannot replace them mid-record. Each run starts its own servers
 # (benches/loadgen.sh: `herald dev`; benches/topology.sh: Redis, PostgreSQL,
-# ingest, gateway; benches/floor.sh: herald-floor) and stops them by PID; in
-# benches/drain.sh the loadgen starts `herald dev` itself and ends it with
-# the SIGTERM it measures.
+# ingest, one gateway, or two for `topology2-*`; benches/floor.sh:
+# herald-floor) and stops them by PID; in benches/drain.sh the loadgen
+# starts `herald dev` itself and ends it with the SIGTERM it measures.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -29,6 +29,9 @@ if [ ! -x "$bin/herald" ] || [ ! -x "$bin/herald-loadgen" ] || [ ! -x "$bin/hera
     cp target/release/herald target/release/herald-loadgen target/release/herald-floor "$bin/"
 fi
 export HERALD_BIN=$bin/herald LOADGEN_BIN=$bin/herald-loadgen FLOOR_BIN=$bin/herald-floor
+# Every topology run has one gateway unless its line says otherwise, even
+# when the caller's shell sets BENCH_GATEWAYS.
+unset BENCH_GATEWAYS
 out=benches/results/$commit
 mkdir -p "$out"
 
@@ -72,5 +75,10 @@ run topology-fanout-5000-r200 topology.sh direct fanout --subscribers 5000 --rat
 # Fan-out against the floor (issue 13): herald-floor (one send(2) per
 # delivery, benches/floor/) and then the Redis topology, same load.
 run floor-fanout-1000-r20 floor.sh fanout --subscribers 1000 --rate 20 --duration 30s
+# The floor at herald dev's p99 target load (fanout-5000-r50 above).
+run floor-fanout-5000-r50 floor.sh fanout --subscribers 5000 --rate 50 --duration 10s
 run topology-fanout-1000-r20 topology.sh direct fanout --subscribers 1000 --rate 20 --duration 30s
+# The same over 2 gateways (issue 13: ingest + 2 gateways), 500 subscribers
+# each. An assignment before a function call holds for that call only.
+BENCH_GATEWAYS=2 run topology2-fanout-1000-r20 topology.sh direct fanout --subscribers 1000 --rate 20 --duration 30s
 echo "record.sh: outputs in $out"

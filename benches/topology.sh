@@ -2,30 +2,40 @@
 # Runs one herald-loadgen scenario against the Redis topology on 127.0.0.1:
 # a private redis-server, a private PostgreSQL (default durability: fsync,
 # synchronous_commit and full_page_writes on), 1 `herald ingest` and
-# 1 `herald gateway`, all release binaries, all on free ports in a temp dir.
-# herald-loadgen gets `--pid` of BOTH herald processes (ingest first, then
-# gateway); the CPU of PostgreSQL, Redis (and nginx) is read from /proc and
+# BENCH_GATEWAYS (default 1) `herald gateway`s (node ids gw-1, gw-2, ...),
+# all release binaries, all on free ports in a temp dir. herald-loadgen gets
+# `--pid` of EVERY herald process (ingest first, then the gateways in
+# order); the CPU of PostgreSQL, Redis (and nginx) is read from /proc and
 # appended to the output. Everything is stopped by PID on exit.
 #
 #   cargo build --release -p herald -p herald-loadgen
 #   benches/topology.sh OUT.txt TARGET [loadgen flags] SCENARIO [scenario flags]
+#   BENCH_GATEWAYS=2 benches/topology.sh OUT.txt direct fanout ...
 #
-# TARGET is what herald-loadgen's single --url points at:
-#   gateway  the gateway's public port (/ws only: idle, connect)
-#   ingest   the ingest node's public port (/v1/publish only: ingest)
-#   direct   the gateway's port for WebSockets and `--ingest-url` the ingest
-#            node's for publishes (fanout, channels, ramp): no proxy
-#   split    an nginx on a free port routing /ws to the gateway and /v1/ to
+# TARGET is what herald-loadgen's --url points at:
+#   gateway  each gateway's public port, one --url each (/ws only: idle,
+#            connect); connection i goes to gateway i mod BENCH_GATEWAYS
+#   ingest   the ingest node's public port (/v1/publish only: ingest); the
+#            gateways run (and are measured) but get no connections
+#   direct   each gateway's port for WebSockets (one --url each, round
+#            robin as above) and `--ingest-url` the ingest node's for
+#            publishes (fanout, channels, ramp): no proxy
+#   split    an nginx on a free port routing /ws to the gateways (every
+#            gateway in one upstream, nginx's round robin) and /v1/ to
 #            ingest, one --url for both (the first topology record, made
 #            before herald-loadgen had --ingest-url); every WebSocket frame
 #            then also crosses nginx (one worker, on the same two cores).
 #
 # Environment:
 #   HERALD_BIN / LOADGEN_BIN   the binaries (default target/release/...)
+#   BENCH_GATEWAYS=N           gateways to start, 1..=4 (1); each has its own
+#                              ports and log (gw-N.log) and must answer its
+#                              /readyz before the next starts
 #   BENCH_WAIT_BUILDS_S        wait up to this long for rustc/cargo to finish (300)
-#   BENCH_PERF=ROLE            `perf record -F 499 -g` of ROLE (gateway, ingest,
-#                              postgres = the postmaster and its children, redis,
-#                              nginx) for BENCH_PERF_SECONDS (6) after
+#   BENCH_PERF=ROLE            `perf record -F 499 -g` of ROLE (gateway = every
+#                              gateway, gw-N = one of them, ingest, postgres =
+#                              the postmaster and its children, redis, nginx)
+#                              for BENCH_PERF_SECONDS (6) after
 #                              BENCH_PERF_DELAY (3) s of the run; perf.data and
 #                              a `perf report --no-children` summary go to
 #                              BENCH_PERF_DIR (default: a temp dir, printed);
@@ -45,10 +55,12 @@ case "$target" in gateway | ingest | direct | split) ;; *)
     exit 64
     ;;
 esac
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+gateways=${BENCH_GATEWAYS:-1}
+case "$gateways" in [1-4]) ;; *)
+    echo "BENCH_GATEWAYS must be 1, 2, 3 or 4 (got $gateways)" >&2
+    exit 64
+    ;;
+esac
 # Seconds of user+system CPU a process has used (0 when gone).
 cpu_ticks() {
     local stat
@@ -94,10 +106,12 @@ wait_http() {
 dir=$(mktemp -d -t herald-topology-XXXXXX)
 # PostgreSQL runs as `postgres` when we are root: it must reach $dir/pg.
 chmod 0711 "$dir"
-secret=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
-key=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+secret=$(random_hex)
+key=$(random_hex)
 declare -A PID=()
-ORDER=()
+# Gateway names (gw-1, gw-2, ...): keys of PID, node ids, log names.
+GW=()
+for i in $(seq 1 "$gateways"); do GW+=("gw-$i"); done
 
 stop_pid() { # NAME SIGNAL: signal, wait up to 15 s, then SIGKILL
     local name=$1 sig=$2 p=${PID[$1]:-}
@@ -116,10 +130,10 @@ stop_pid() { # NAME SIGNAL: signal, wait up to 15 s, then SIGKILL
 cleanup() {
     local code=$?
     [ -n "${PERF_PID:-}" ] && { kill -INT "$PERF_PID" 2>/dev/null || true; wait "$PERF_PID" 2>/dev/null || true; }
-    # Clients first (nginx), then gateway, ingest, Redis, PostgreSQL (fast
-    # shutdown: SIGINT to the postmaster, our direct child).
+    # Clients first (nginx), then the gateways, ingest, Redis, PostgreSQL
+    # (fast shutdown: SIGINT to the postmaster, our direct child).
     stop_pid nginx QUIT
-    stop_pid gateway TERM
+    for g in "${GW[@]}"; do stop_pid "$g" TERM; done
     stop_pid ingest TERM
     stop_pid redis TERM
     stop_pid postgres INT
@@ -180,30 +194,56 @@ pg_settings=$("${psql[@]}" -F= -c "SELECT name, setting FROM pg_settings WHERE n
     ORDER BY name" | tr '\n' ' ')
 db_url="postgres://herald@127.0.0.1:$pg_port/postgres"
 
-# --- herald ingest + gateway ---
+# --- herald ingest + gateways ---
 ingest_port=$(free_port)
 ingest_admin=$(free_port)
-gw_port=$(free_port)
-gw_admin=$(free_port)
 "${clean_env[@]}" "$herald" ingest --listen "127.0.0.1:$ingest_port" --admin-listen "127.0.0.1:$ingest_admin" \
     --database-url "$db_url" --redis-url "redis://127.0.0.1:$redis_port" \
     --api-key "$key" --node-id ingest-1 >"$dir/ingest.log" 2>&1 &
 PID[ingest]=$!
 wait_http "http://127.0.0.1:$ingest_admin/readyz" "$dir/ingest.log"
-"${clean_env[@]}" "$herald" gateway --listen "127.0.0.1:$gw_port" --admin-listen "127.0.0.1:$gw_admin" \
-    --redis-url "redis://127.0.0.1:$redis_port" --ingest-url "http://127.0.0.1:$ingest_port" \
-    --jwt-secret "$secret" --api-key "$key" --node-id gw-1 >"$dir/gateway.log" 2>&1 &
-PID[gateway]=$!
-wait_http "http://127.0.0.1:$gw_admin/readyz" "$dir/gateway.log"
+declare -A GW_PORT=()
+gw_urls=()      # one --url per gateway, in order
+gw_pid_args=()  # one --pid per gateway, in order
+gw_pids=()
+for g in "${GW[@]}"; do
+    GW_PORT[$g]=$(free_port)
+    gw_admin=$(free_port)
+    "${clean_env[@]}" "$herald" gateway --listen "127.0.0.1:${GW_PORT[$g]}" --admin-listen "127.0.0.1:$gw_admin" \
+        --redis-url "redis://127.0.0.1:$redis_port" --ingest-url "http://127.0.0.1:$ingest_port" \
+        --jwt-secret "$secret" --api-key "$key" --node-id "$g" >"$dir/$g.log" 2>&1 &
+    PID[$g]=$!
+    wait_http "http://127.0.0.1:$gw_admin/readyz" "$dir/$g.log"
+    gw_urls+=(--url "http://127.0.0.1:${GW_PORT[$g]}")
+    gw_pid_args+=(--pid "${PID[$g]}")
+    gw_pids+=("${PID[$g]}")
+done
+# For the header: one gateway is named as before the option existed.
+if [ "$gateways" -eq 1 ]; then
+    gw_desc="1 herald gateway (pid ${gw_pids[0]})"
+    gw_roles="gateway pid ${gw_pids[0]}"
+    gw_upstream=gateway
+else
+    gw_roles=$(for g in "${GW[@]}"; do printf '%s pid %s, ' "$g" "${PID[$g]}"; done)
+    gw_roles=${gw_roles%, }
+    gw_desc="$gateways herald gateways ($gw_roles)"
+    gw_upstream="$gateways gateways, round robin"
+fi
 
 # --- what loadgen's --url points at ---
-extra=()
 case "$target" in
-gateway) url="http://127.0.0.1:$gw_port" ;;
-ingest) url="http://127.0.0.1:$ingest_port" ;;
+gateway)
+    urls=("${gw_urls[@]}")
+    url_desc=$(printf -- '--url <%s> ' "${GW[@]}")
+    url_desc=${url_desc% }
+    ;;
+ingest)
+    urls=(--url "http://127.0.0.1:$ingest_port")
+    url_desc="--url <ingest>"
+    ;;
 direct)
-    url="http://127.0.0.1:$gw_port"
-    extra=(--ingest-url "http://127.0.0.1:$ingest_port")
+    urls=("${gw_urls[@]}" --ingest-url "http://127.0.0.1:$ingest_port")
+    url_desc="$(printf -- '--url <%s> ' "${GW[@]}")--ingest-url <ingest>"
     ;;
 split)
     nginx_port=$(free_port)
@@ -223,7 +263,7 @@ http {
     fastcgi_temp_path $dir/nginx/fastcgi;
     uwsgi_temp_path $dir/nginx/uwsgi;
     scgi_temp_path $dir/nginx/scgi;
-    upstream gateway { server 127.0.0.1:$gw_port; }
+    upstream gateway {$(for g in "${GW[@]}"; do printf ' server 127.0.0.1:%s;' "${GW_PORT[$g]}"; done) }
     upstream ingest { server 127.0.0.1:$ingest_port; keepalive 256; }
     server {
         listen 127.0.0.1:$nginx_port backlog=4096;
@@ -246,7 +286,8 @@ http {
 NGINX
     nginx -p "$dir/nginx" -c "$dir/nginx/nginx.conf" -e "$dir/nginx/error.log" &
     PID[nginx]=$!
-    url="http://127.0.0.1:$nginx_port"
+    urls=(--url "http://127.0.0.1:$nginx_port")
+    url_desc="--url <nginx>"
     for _ in $(seq 1 100); do
         (exec 3<>"/dev/tcp/127.0.0.1/$nginx_port") 2>/dev/null && break
         sleep 0.1
@@ -262,9 +303,9 @@ builds=$(wait_for_builds)
     echo "# binaries: herald built $(date -u -r "$herald" +%Y-%m-%dT%H:%M:%SZ), herald-loadgen $(date -u -r "$loadgen" +%Y-%m-%dT%H:%M:%SZ)"
     echo "# compilers (rustc/cargo): $builds"
     echo "# load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
-    echo "# topology: redis-server $(redis-server --version | grep -o 'v=[0-9.]*'), PostgreSQL $("$pgbin/postgres" --version | awk '{print $3}') ($pg_settings), 1 herald ingest (pid ${PID[ingest]}), 1 herald gateway (pid ${PID[gateway]})"
-    echo "# loadgen --url: $target${PID[nginx]:+ (nginx pid ${PID[nginx]}: /ws -> gateway, /v1/ -> ingest)}"
-    echo "# command: herald-loadgen --url <$target>${extra[*]:+ --ingest-url <ingest>} --pid <ingest pid> --pid <gateway pid> $*"
+    echo "# topology: redis-server $(redis-server --version | grep -o 'v=[0-9.]*'), PostgreSQL $("$pgbin/postgres" --version | awk '{print $3}') ($pg_settings), 1 herald ingest (pid ${PID[ingest]}), $gw_desc"
+    echo "# loadgen --url: $target${PID[nginx]:+ (nginx pid ${PID[nginx]}: /ws -> $gw_upstream, /v1/ -> ingest)}"
+    echo "# command: herald-loadgen $url_desc --pid <ingest pid> $(for g in "${GW[@]}"; do printf -- '--pid <%s pid> ' "$g"; done)$*"
 } | tee "$out"
 
 if [ -n "${BENCH_PERF:-}" ]; then
@@ -272,7 +313,11 @@ if [ -n "${BENCH_PERF:-}" ]; then
     mkdir -p "$perf_dir"
     case "$BENCH_PERF" in
     postgres) perf_pids=$(echo "${PID[postgres]}" $(pgrep -P "${PID[postgres]}") | tr ' ' ',') ;;
-    *) perf_pids=${PID[$BENCH_PERF]} ;;
+    gateway) perf_pids=$(IFS=,; echo "${gw_pids[*]}") ;;
+    *)
+        perf_pids=${PID[$BENCH_PERF]:-}
+        [ -n "$perf_pids" ] || { echo "BENCH_PERF=$BENCH_PERF: no such role here" >&2; exit 64; }
+        ;;
     esac
     read -r -a perf_args <<<"${BENCH_PERF_ARGS:--F 499 -g}"
     (
@@ -294,13 +339,13 @@ t0_nginx=$([ -n "${PID[nginx]:-}" ] && cpu_ticks "${PID[nginx]}" || echo 0)
 overflows_before=$(listen_overflows)
 status=0
 HERALD_API_KEY=$key HERALD_JWT_SECRET=$secret \
-    "$loadgen" --url "$url" "${extra[@]}" --pid "${PID[ingest]}" --pid "${PID[gateway]}" "$@" | tee -a "$out" || status=$?
+    "$loadgen" "${urls[@]}" --pid "${PID[ingest]}" "${gw_pid_args[@]}" "$@" | tee -a "$out" || status=$?
 t1_pg=$(tree_ticks "${PID[postgres]}")
 t1_redis=$(cpu_ticks "${PID[redis]}")
 t1_nginx=$([ -n "${PID[nginx]:-}" ] && cpu_ticks "${PID[nginx]}" || echo 0)
 rows=$("${psql[@]}" -c "SELECT count(*) FROM messages" 2>/dev/null || echo '?')
 {
-    echo "# roles: ingest pid ${PID[ingest]}, gateway pid ${PID[gateway]}"
+    echo "# roles: ingest pid ${PID[ingest]}, $gw_roles"
     echo "# other CPU over the whole loadgen run (incl. connect/drain): postgres (postmaster + backends) $(awk "BEGIN { printf \"%.2f\", ($t1_pg - $t0_pg) / 100 }") s (rss $(tree_rss_kb "${PID[postgres]}") KiB summed), redis-server $(awk "BEGIN { printf \"%.2f\", ($t1_redis - $t0_redis) / 100 }") s${PID[nginx]:+, nginx $(awk "BEGIN { printf \"%.2f\", ($t1_nginx - $t0_nginx) / 100 }") s}"
     echo "# rows in messages after the run: $rows"
     echo "ListenOverflows during run: $(($(listen_overflows) - overflows_before))"

@@ -19,8 +19,6 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::target::Target;
-
 /// Largest handshake answer accepted (hyper's 101 is about 130 bytes).
 const MAX_HANDSHAKE: usize = 4096;
 
@@ -44,22 +42,24 @@ pub enum Incoming {
 }
 
 impl Conn {
-    /// Connects from `src`, upgrades with `token`, and waits for `welcome`
-    /// (all within `timeout`). A `disconnect` instead of a welcome is an
-    /// error naming its code.
+    /// Connects from `src` to `addr` (one of [`Target::ws_addrs`]), upgrades
+    /// with `token`, and waits for `welcome` (all within `timeout`). A
+    /// `disconnect` instead of a welcome is an error naming its code.
+    ///
+    /// [`Target::ws_addrs`]: crate::target::Target::ws_addrs
     pub async fn open(
-        target: &Target,
+        addr: SocketAddr,
         src: Option<Ipv4Addr>,
         token: &str,
         timeout: Duration,
     ) -> anyhow::Result<Self> {
-        tokio::time::timeout(timeout, Self::open_inner(target, src, token))
+        tokio::time::timeout(timeout, Self::open_inner(addr, src, token))
             .await
             .map_err(|_| anyhow::anyhow!("connect + welcome took longer than {timeout:?}"))?
     }
 
     async fn open_inner(
-        target: &Target,
+        addr: SocketAddr,
         src: Option<Ipv4Addr>,
         token: &str,
     ) -> anyhow::Result<Self> {
@@ -68,12 +68,15 @@ impl Conn {
             sock.bind(SocketAddr::new(ip.into(), 0))
                 .with_context(|| format!("bind {ip}"))?;
         }
-        let mut stream = sock.connect(target.addr).await.context("connect")?;
+        let mut stream = sock
+            .connect(addr)
+            .await
+            .with_context(|| format!("connect {addr}"))?;
         stream.set_nodelay(true)?;
         let req = format!(
             "GET /ws?token={token} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\n\
              Connection: Upgrade\r\nSec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\n\r\n",
-            target.addr,
+            addr,
             fastwebsockets::handshake::generate_key(),
         );
         stream

@@ -4,8 +4,9 @@
 //! `benches/RESULTS.md`).
 //!
 //! # Layout
-//! - [`target`]: the server under test (127.0.0.1 only), tokens, fd limit,
-//!   client source addresses.
+//! - [`target`]: the server under test (127.0.0.1 only; one WebSocket
+//!   address per gateway, connections round robin over them), tokens, fd
+//!   limit, client source addresses.
 //! - [`conn`]: one WebSocket connection (upgrade, welcome, frame scan).
 //! - [`swarm`]: many connections and their reader tasks.
 //! - [`publish`]: `POST /v1/publish` client and the open-loop schedule.

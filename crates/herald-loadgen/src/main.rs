@@ -5,6 +5,14 @@
 //!     fanout --subscribers 5000 --rate 50 --duration 10s
 //! ```
 //!
+//! Against the Redis topology, `--url` names each gateway (connections are
+//! spread round robin over them) and `--ingest-url` the ingest node:
+//!
+//! ```text
+//! herald-loadgen --url http://127.0.0.1:9001 --url http://127.0.0.1:9002 \
+//!     --ingest-url http://127.0.0.1:9000 --pid 1 --pid 2 --pid 3 fanout ...
+//! ```
+//!
 //! `drain` starts its own `herald dev` (it must SIGTERM it and read its exit
 //! status), so it takes no `--url`, `--pid` or secrets:
 //!
@@ -47,9 +55,11 @@ const SERVER_START: Duration = Duration::from_secs(30);
 )]
 struct Cli {
     /// Public URL of the herald under test (`/ws`, and `/v1/publish` unless
-    /// `--ingest-url` is given) [default: http://127.0.0.1:8080].
-    #[arg(long)]
-    url: Option<String>,
+    /// `--ingest-url` is given) [default: http://127.0.0.1:8080]. Repeat it
+    /// for several gateways: connection i goes to the (i mod n)-th URL and
+    /// publishes to the first (or `--ingest-url`).
+    #[arg(long = "url")]
+    urls: Vec<String>,
     /// Where to publish when ingest is a separate node (Redis topology).
     #[arg(long)]
     ingest_url: Option<String>,
@@ -396,15 +406,19 @@ async fn run(cmd: &Cmd, c: &Common) -> anyhow::Result<Report> {
 /// scenario builds the real target once the server listens).
 fn cli_target(cli: &Cli) -> anyhow::Result<Target> {
     if let Cmd::Drain { .. } = cli.cmd {
-        if cli.url.is_some() || cli.ingest_url.is_some() || !cli.pids.is_empty() {
+        if !cli.urls.is_empty() || cli.ingest_url.is_some() || !cli.pids.is_empty() {
             bail!(
                 "drain starts and measures its own herald dev: --url, --ingest-url and --pid \
                  do not apply"
             );
         }
-        return Target::new(DEFAULT_URL, "", "");
+        return Target::new(&[DEFAULT_URL], "", "");
     }
-    let url = cli.url.as_deref().unwrap_or(DEFAULT_URL);
+    let urls: Vec<&str> = if cli.urls.is_empty() {
+        vec![DEFAULT_URL]
+    } else {
+        cli.urls.iter().map(String::as_str).collect()
+    };
     let api_key = cli
         .api_key
         .as_deref()
@@ -413,7 +427,7 @@ fn cli_target(cli: &Cli) -> anyhow::Result<Target> {
         .jwt_secret
         .as_deref()
         .context("--jwt-secret (or HERALD_JWT_SECRET) is required")?;
-    let t = Target::new(url, api_key, jwt_secret)?;
+    let t = Target::new(&urls, api_key, jwt_secret)?;
     match &cli.ingest_url {
         Some(i) => t.with_ingest(i),
         None => Ok(t),
@@ -484,6 +498,68 @@ fn main() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn target_of(args: &[&str]) -> anyhow::Result<Target> {
+        let base = ["herald-loadgen", "--api-key", "k", "--jwt-secret", "s"];
+        let tail = [
+            "fanout",
+            "--subscribers",
+            "1",
+            "--rate",
+            "1",
+            "--duration",
+            "1s",
+        ];
+        let cli = Cli::try_parse_from(base.iter().chain(args).chain(&tail))?;
+        cli_target(&cli)
+    }
+
+    #[test]
+    fn urls() {
+        let port = |a: &std::net::SocketAddr| a.port();
+        // None given: the default, for WebSockets and publishes.
+        let t = target_of(&[]).unwrap();
+        assert_eq!(t.ws_addrs().iter().map(port).collect::<Vec<_>>(), [8080]);
+        assert_eq!(t.ingest_addr.port(), 8080);
+        // Two gateways, publishes to the first.
+        let t = target_of(&["--url", "http://127.0.0.1:1", "--url", "http://127.0.0.1:2"]).unwrap();
+        assert_eq!(t.ws_addrs().iter().map(port).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(t.ingest_addr.port(), 1);
+        // ... or to --ingest-url.
+        let t = target_of(&[
+            "--url",
+            "http://127.0.0.1:1",
+            "--url",
+            "http://127.0.0.1:2",
+            "--ingest-url",
+            "http://127.0.0.1:3",
+        ])
+        .unwrap();
+        assert_eq!(t.ingest_addr.port(), 3);
+        // A second URL off loopback is refused like a first.
+        let e = target_of(&[
+            "--url",
+            "http://127.0.0.1:1",
+            "--url",
+            "http://192.168.1.9:2",
+        ])
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("loopback"), "{e:#}");
+    }
+
+    #[test]
+    fn drain_takes_no_url() {
+        let cli = Cli::try_parse_from([
+            "herald-loadgen",
+            "--url",
+            "http://127.0.0.1:1",
+            "drain",
+            "--connections",
+            "1",
+        ])
+        .unwrap();
+        assert!(cli_target(&cli).is_err());
+    }
 
     #[test]
     fn durations() {

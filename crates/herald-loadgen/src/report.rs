@@ -29,6 +29,24 @@ pub struct ConnFigures {
     pub connects_per_s: f64,
     /// Connect + upgrade + welcome latency.
     pub connect_latency: Percentiles,
+    /// Welcomes per WebSocket address (`--url`, in order); left out of the
+    /// `RESULT` line when there is only one, so single-server records keep
+    /// their shape.
+    #[serde(skip_serializing_if = "one_or_none")]
+    pub per_addr: Vec<AddrConns>,
+}
+
+/// Welcomes from one WebSocket address.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AddrConns {
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    /// Welcomes received from it.
+    pub connected: u64,
+}
+
+fn one_or_none(v: &[AddrConns]) -> bool {
+    v.len() <= 1
 }
 
 /// Delivery figures (fanout, channels, ramp steps).
@@ -265,6 +283,14 @@ impl Report {
                     c.connected, c.requested, c.failed, c.closed_by_server
                 ),
             );
+            if c.per_addr.len() > 1 {
+                let per: Vec<String> = c
+                    .per_addr
+                    .iter()
+                    .map(|a| format!("{} {}", a.addr, a.connected))
+                    .collect();
+                row("connections per address", per.join(", "));
+            }
             row("connect time", format!("{:.3} s", c.connect_s));
             row("connect rate", format!("{:.0} /s", c.connects_per_s));
             row("connect latency", pct(&c.connect_latency));

@@ -10,6 +10,7 @@
 //! shell cannot change what is measured (flags only).
 
 use anyhow::{Context, bail};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -49,6 +50,8 @@ pub struct DevServer {
     child: Child,
     pid: u32,
     dir: PathBuf,
+    /// Its one listener (`--listen`): `/ws`, `/v1/*` and `/healthz`.
+    addr: SocketAddr,
     /// Where it listens, with the secrets it was given.
     pub target: Target,
 }
@@ -126,11 +129,12 @@ impl DevServer {
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
         let pid = child.id().context("the child has a pid until reaped")?;
-        let target = Target::new(&format!("http://127.0.0.1:{port}"), &key, &secret)?;
+        let target = Target::new(&[format!("http://127.0.0.1:{port}")], &key, &secret)?;
         Ok(Self {
             child,
             pid,
             dir: dir.to_path_buf(),
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
             target,
         })
     }
@@ -144,7 +148,9 @@ impl DevServer {
                     self.log_tail(TAIL_LINES)
                 );
             }
-            if healthz(&self.target).await {
+            // The process we started, on the one port it was given (not
+            // any address a Target may list): that is what must be up.
+            if healthz(self.addr).await {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
@@ -199,14 +205,12 @@ impl Drop for DevServer {
     }
 }
 
-/// Whether `GET /healthz` answers 200 (one short request, 1 s bound).
-async fn healthz(t: &Target) -> bool {
+/// Whether `GET /healthz` on `addr` answers 200 (one short request, 1 s
+/// bound).
+async fn healthz(addr: SocketAddr) -> bool {
     let ask = async {
-        let mut s = tokio::net::TcpStream::connect(t.addr).await.ok()?;
-        let req = format!(
-            "GET /healthz HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            t.addr
-        );
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let req = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
         s.write_all(req.as_bytes()).await.ok()?;
         let mut head = [0u8; 12];
         s.read_exact(&mut head).await.ok()?;

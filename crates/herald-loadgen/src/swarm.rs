@@ -1,7 +1,8 @@
 //! A swarm of load connections: opened with bounded concurrency from
-//! cycling 127.0.0.N sources, each then read by its own task until the run
-//! stops, feeding the [`Ledger`] when there is one and the [`CloseLog`] when
-//! there is one.
+//! cycling 127.0.0.N sources, connection `i` to the target's `i % n`-th
+//! WebSocket address ([`Target::ws_addr`]), each then read by its own task
+//! until the run stops, feeding the [`Ledger`] when there is one and the
+//! [`CloseLog`] when there is one.
 //!
 //! Invariant: every task ends when the swarm's stop token fires or the
 //! swarm drops; no connection outlives its run.
@@ -16,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::closes::{ABNORMAL, CloseLog, NO_STATUS};
 use crate::conn::{Conn, Incoming, scan_disconnect, scan_message};
+use crate::report::AddrConns;
 use crate::target::{SourceAddrs, Target};
 use crate::track::{Ledger, SeqTrack, new_histogram, now_ns};
 
@@ -51,6 +53,9 @@ pub struct SwarmStats {
     pub last_close_code: AtomicU64,
     /// First connect error, for the report.
     pub first_error: std::sync::Mutex<Option<String>>,
+    /// Welcomes received per WebSocket address, in [`Target::ws_addrs`]
+    /// order.
+    pub connected_per_addr: Vec<AtomicU64>,
 }
 
 /// Open connections and their reader tasks.
@@ -78,7 +83,14 @@ impl Swarm {
             ledger,
             closes: None,
             sources: Arc::new(SourceAddrs::default()),
-            stats: Arc::new(SwarmStats::default()),
+            stats: Arc::new(SwarmStats {
+                connected_per_addr: target
+                    .ws_addrs()
+                    .iter()
+                    .map(|_| AtomicU64::new(0))
+                    .collect(),
+                ..SwarmStats::default()
+            }),
             connect_latency: new_histogram(),
             stop: CancellationToken::new(),
             tasks: JoinSet::new(),
@@ -103,6 +115,19 @@ impl Swarm {
         self.stats.connected.load(Ordering::Relaxed)
     }
 
+    /// Welcomes received so far from each WebSocket address.
+    pub fn connected_per_addr(&self) -> Vec<AddrConns> {
+        self.target
+            .ws_addrs()
+            .iter()
+            .zip(&self.stats.connected_per_addr)
+            .map(|(addr, n)| AddrConns {
+                addr: addr.to_string(),
+                connected: n.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
     /// Opens connections until `total` were attempted; returns once each of
     /// them has its welcome or failed. Tokens are minted before the first
     /// connect so the connect figures measure the server alone.
@@ -121,8 +146,9 @@ impl Swarm {
                 .acquire_owned()
                 .await
                 .expect("the semaphore is never closed");
-            let (target, sources, stats, stop, done, timeout) = (
-                self.target.clone(),
+            let addr_index = self.target.ws_index(i);
+            let (addr, sources, stats, stop, done, timeout) = (
+                self.target.ws_addr(i),
                 self.sources.clone(),
                 self.stats.clone(),
                 self.stop.clone(),
@@ -135,12 +161,15 @@ impl Swarm {
             };
             self.tasks.spawn(async move {
                 let t0 = now_ns();
-                let opened = Conn::open(&target, Some(sources.next()), &token, timeout).await;
+                let opened = Conn::open(addr, Some(sources.next()), &token, timeout).await;
                 drop(token);
                 drop(permit);
                 let conn = match opened {
                     Ok(c) => {
                         stats.connected.fetch_add(1, Ordering::Relaxed);
+                        if let Some(n) = stats.connected_per_addr.get(addr_index) {
+                            n.fetch_add(1, Ordering::Relaxed);
+                        }
                         let _ = done.send(Some(now_ns().saturating_sub(t0))).await;
                         c
                     }

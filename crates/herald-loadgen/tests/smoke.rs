@@ -150,6 +150,41 @@ async fn fanout() {
     consistent_delivery(&v["delivery"], 40, 20);
     server_measured(&v, h.pid());
     assert!(v["per_server_cpu_s"].is_number());
+    // One --url: the RESULT line keeps its single-server shape.
+    assert!(v["connections"].get("per_addr").is_none(), "{v}");
+}
+
+/// `--url` twice (here the same `herald dev` spelled two ways: a second
+/// gateway needs the Redis topology, benches/topology.sh): connections
+/// alternate between the URLs and every subscriber still gets every message.
+#[tokio::test]
+async fn fanout_over_two_urls() {
+    let h = herald().await;
+    let v = loadgen(
+        &h,
+        &[
+            // After the suite's own --url (http://127.0.0.1:PORT).
+            "--url",
+            &h.ws_url(),
+            "fanout",
+            "--subscribers",
+            "11",
+            "--rate",
+            "20",
+            "--duration",
+            "1s",
+        ],
+    )
+    .await;
+    assert_eq!(u(&v, "/connections/connected"), 11);
+    let per: Vec<u64> = v["connections"]["per_addr"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no per_addr in {v}"))
+        .iter()
+        .map(|a| a["connected"].as_u64().unwrap())
+        .collect();
+    assert_eq!(per, [6, 5]);
+    consistent_delivery(&v["delivery"], 20, 11);
 }
 
 #[tokio::test]

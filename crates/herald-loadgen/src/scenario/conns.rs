@@ -50,6 +50,7 @@ pub(super) fn conn_figures(swarm: &Swarm, requested: usize, secs: f64) -> ConnFi
         connect_s: round3(secs),
         connects_per_s: ratio(connected as f64, secs),
         connect_latency: Percentiles::of(&swarm.connect_latency),
+        per_addr: swarm.connected_per_addr(),
     }
 }
 

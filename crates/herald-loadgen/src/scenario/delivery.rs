@@ -94,6 +94,7 @@ async fn connect_all(swarm: &mut Swarm, n: usize) -> anyhow::Result<ConnFigures>
         #[allow(clippy::cast_precision_loss)]
         connects_per_s: ratio(connected as f64, connect_s),
         connect_latency: Percentiles::of(&swarm.connect_latency),
+        per_addr: swarm.connected_per_addr(),
     })
 }
 
