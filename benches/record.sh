@@ -50,12 +50,21 @@ run idle-19000 loadgen.sh idle --connections 19000 --checkpoints 1000,5000,10000
 run connect-10000-c100 loadgen.sh --connect-concurrency 100 connect --connections 10000
 run ingest-sqlite-c4 loadgen.sh ingest --duration 10s --concurrency 4
 run ingest-sqlite-c32 loadgen.sh ingest --duration 10s --concurrency 32
+# Each delivery run is followed by its twin on herald-floor (one send(2)
+# per delivery, benches/floor/), so every fan-out figure has the floor of
+# the same record beside it (issue 13).
 run fanout-5000-r50 loadgen.sh fanout --subscribers 5000 --rate 50 --duration 10s
+run floor-fanout-5000-r50 floor.sh fanout --subscribers 5000 --rate 50 --duration 10s
 run fanout-5000-r200 loadgen.sh fanout --subscribers 5000 --rate 200 --duration 10s
+run floor-fanout-5000-r200 floor.sh fanout --subscribers 5000 --rate 200 --duration 10s
 run ramp-5000-throughput loadgen.sh ramp --subscribers 5000 --start 50 --step 50 --max-p99-ms 60000 --duration-per-step 5s --max-steps 10
+run floor-ramp-5000-throughput floor.sh ramp --subscribers 5000 --start 50 --step 50 --max-p99-ms 60000 --duration-per-step 5s --max-steps 10
 run ramp-5000-curve loadgen.sh ramp --subscribers 5000 --start 10 --step 10 --max-p99-ms 5000 --duration-per-step 5s --max-steps 6
+run floor-ramp-5000-curve floor.sh ramp --subscribers 5000 --start 10 --step 10 --max-p99-ms 5000 --duration-per-step 5s --max-steps 6
 run ramp-1000-curve loadgen.sh ramp --subscribers 1000 --start 25 --step 25 --max-p99-ms 2000 --duration-per-step 5s --max-steps 10
+run floor-ramp-1000-curve floor.sh ramp --subscribers 1000 --start 25 --step 25 --max-p99-ms 2000 --duration-per-step 5s --max-steps 10
 run channels-1000 loadgen.sh channels --connections 1000 --dashboard-subscribers 10 --rate 500 --duration 10s
+run floor-channels-1000 floor.sh channels --connections 1000 --dashboard-subscribers 10 --rate 500 --duration 10s
 
 # Drain pacing (issue 9): N connections, SIGTERM, every 1012 timed.
 run drain-19000-w10 drain.sh drain --connections 19000 --window 10s
@@ -72,13 +81,11 @@ run topology-ingest-pg-c512 topology.sh ingest ingest --duration 10s --concurren
 run topology-fanout-5000-r50 topology.sh direct fanout --subscribers 5000 --rate 50 --duration 10s
 run topology-fanout-5000-r200 topology.sh direct fanout --subscribers 5000 --rate 200 --duration 10s
 
-# Fan-out against the floor (issue 13): herald-floor (one send(2) per
-# delivery, benches/floor/) and then the Redis topology, same load.
+# Fan-out against the floor (issue 13): herald-floor and then the Redis
+# topology, same load: ingest + 1 gateway, then ingest + 2 gateways (500
+# subscribers each; an assignment before a function call holds for that
+# call only).
 run floor-fanout-1000-r20 floor.sh fanout --subscribers 1000 --rate 20 --duration 30s
-# The floor at herald dev's p99 target load (fanout-5000-r50 above).
-run floor-fanout-5000-r50 floor.sh fanout --subscribers 5000 --rate 50 --duration 10s
 run topology-fanout-1000-r20 topology.sh direct fanout --subscribers 1000 --rate 20 --duration 30s
-# The same over 2 gateways (issue 13: ingest + 2 gateways), 500 subscribers
-# each. An assignment before a function call holds for that call only.
 BENCH_GATEWAYS=2 run topology2-fanout-1000-r20 topology.sh direct fanout --subscribers 1000 --rate 20 --duration 30s
 echo "record.sh: outputs in $out"
