@@ -72,6 +72,7 @@ where
     several_nodes(make().await, make().await).await;
     unsubscribe_stops(make().await).await;
     signal_and_presence_kinds(make().await).await;
+    batch_keeps_order_per_channel(make().await).await;
 }
 
 /// A subscribed channel's envelopes arrive intact and in publish order; other
@@ -140,6 +141,40 @@ pub async fn signal_and_presence_kinds(bus: Arc<dyn Bus>) {
     assert_eq!(got[0].k, Kind::Signal);
     assert_eq!(got[0].seq, None);
     assert_eq!(got[0].data.as_ref(), br#"{"typing":true}"#);
+}
+
+/// One `publish_batch` of 300 envelopes over three channels, interleaved
+/// (one of them not subscribed), and a second batch after it: each
+/// subscribed channel's envelopes arrive intact, once, in slice order, the
+/// second batch's after the first's (ingest publishes one commit batch per
+/// call and relies on this for seq order, DESIGN.md guarantee 2).
+pub async fn batch_keeps_order_per_channel(bus: Arc<dyn Bus>) {
+    let rec = Arc::new(Recorder::default());
+    let sub = bus.attach(rec.clone());
+    sub.subscribe(&[ch("conf_batch_a"), ch("conf_batch_b")])
+        .await
+        .expect("subscribe");
+    let names = ["conf_batch_a", "conf_batch_b", "conf_batch_x"];
+    let first: Vec<Envelope> = (1..=300u64)
+        .map(|i| msg(names[usize::try_from(i % 3).unwrap_or(0)], i))
+        .collect();
+    bus.publish_batch(&first).await.expect("publish_batch");
+    let second = [msg("conf_batch_b", 301), msg("conf_batch_a", 302)];
+    bus.publish_batch(&second).await.expect("publish_batch");
+    bus.publish_batch(&[])
+        .await
+        .expect("an empty batch is fine");
+    let got = wait_for(&rec, 202).await;
+    for name in ["conf_batch_a", "conf_batch_b"] {
+        let want: Vec<&Envelope> = first
+            .iter()
+            .chain(&second)
+            .filter(|e| e.ch.as_str() == name)
+            .collect();
+        let mine: Vec<&Envelope> = got.iter().filter(|e| e.ch.as_str() == name).collect();
+        assert_eq!(mine, want, "{name}: every envelope once, in batch order");
+    }
+    assert!(got.iter().all(|e| e.ch.as_str() != "conf_batch_x"));
 }
 
 /// Runs every presence check against presences made by `make`.

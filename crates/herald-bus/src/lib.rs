@@ -62,6 +62,25 @@ pub trait BusSubscriber: Send + Sync + 'static {
 pub trait Bus: Send + Sync + 'static {
     /// Publishes one envelope on its channel (best effort, at most once).
     async fn publish(&self, env: &Envelope) -> Result<(), BusError>;
+
+    /// Publishes several envelopes (best effort, each at most once), in the
+    /// order given per channel: a subscriber of a channel receives its
+    /// envelopes of the slice in slice order (those that arrive). Ingest
+    /// hands it one commit batch, so one call is one write and one round
+    /// trip where the bus allows (Redis: one pipeline). An error means some
+    /// or all of them may not have been delivered.
+    ///
+    /// The default publishes them one after the other (right for an
+    /// in-process bus; a remote one should override it).
+    async fn publish_batch(&self, envs: &[Envelope]) -> Result<(), BusError> {
+        let mut failed = None;
+        for env in envs {
+            if let Err(e) = self.publish(env).await {
+                failed.get_or_insert(e);
+            }
+        }
+        failed.map_or(Ok(()), Err)
+    }
     /// Attaches a node: the handler receives envelopes of the channels the
     /// returned subscriber subscribes to.
     fn attach(&self, handler: Arc<dyn BusHandler>) -> Arc<dyn BusSubscriber>;

@@ -9,12 +9,16 @@
 //! - [`metrics`]: metric names.
 //! - [`webhooks`]: the application's endpoints: the outbox workers and the
 //!   before-commit hook.
+//! - `publisher.rs`: the store's commit sink: each committed batch's
+//!   messages published in one bus call (one Redis pipeline), in seq order
+//!   per channel, before their publishers are answered.
 //!
 //! Nothing is published for a message that was not committed; a bus failure
 //! after the commit still answers 200, and gateways' catch-up delivers it.
 
 pub mod http;
 pub mod metrics;
+mod publisher;
 pub mod webhooks;
 
 #[cfg(test)]
@@ -111,18 +115,25 @@ pub struct PublishInput {
 }
 
 /// Longest the bus publishes of one committed message may take, all
-/// channels together (they run concurrently). Past it the answer goes out
-/// anyway: the message is committed, and the gateways' catch-up delivers it
-/// (PROTOCOL.md section 9).
+/// channels together (one bus call for its whole commit batch, or
+/// concurrent publishes for a republished duplicate), counted from the
+/// commit. Past it the answer goes out anyway: the message is committed,
+/// and the gateways' catch-up delivers it (PROTOCOL.md section 9).
 pub const BUS_PUBLISH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Commits a publish, then publishes it on the bus (see
 /// [`IngestService::publish`], which runs this in its own task).
+///
+/// With `handed_off` (the store routes stored appends through the
+/// publisher, `publisher.rs`), a stored message was published (or given
+/// up on) by the publisher before `append` returned: only a duplicate is
+/// published here. Otherwise every result is published here.
 async fn commit_and_publish(
     store: Arc<dyn Store>,
     bus: Arc<dyn Bus>,
     input: PublishInput,
     outbox: Vec<herald_store::OutboxTarget>,
+    handed_off: bool,
 ) -> Result<Appended, IngestError> {
     let started = Instant::now();
     let id = format!("m_{}", uuid::Uuid::now_v7().simple());
@@ -138,7 +149,11 @@ async fn commit_and_publish(
         ts,
     };
     let result = store.append(req).await;
-    metrics::publish_duration().record(started.elapsed().as_secs_f64());
+    let published = handed_off && matches!(&result, Ok(a) if !a.duplicate);
+    if !published {
+        // The publisher records the commit time of what it was handed.
+        metrics::publish_duration().record(started.elapsed().as_secs_f64());
+    }
     let appended = match result {
         Ok(a) => a,
         Err(e) => {
@@ -155,12 +170,15 @@ async fn commit_and_publish(
     if !appended.duplicate {
         metrics::messages_published().increment(appended.seqs.len() as u64);
     }
-    publish_committed(bus, store, appended.clone(), input.from, input.data).await;
+    if !published {
+        publish_committed(bus, store, appended.clone(), input.from, input.data).await;
+    }
     Ok(appended)
 }
 
 /// Publishes a committed message on the bus, every channel at once under
-/// [`BUS_PUBLISH_DEADLINE`].
+/// [`BUS_PUBLISH_DEADLINE`]: a duplicate, or any message of a store without
+/// the commit hand-off.
 ///
 /// A duplicate (an idempotency key seen before) is published again, from
 /// the stored message: the retry may be the publisher's answer to a first
@@ -230,10 +248,15 @@ pub struct IngestService {
     bus: Arc<dyn Bus>,
     presence: Arc<dyn Presence>,
     webhooks: Arc<webhooks::Webhooks>,
+    /// The store hands every stored message to the publisher
+    /// (`publisher.rs`), which publishes it before the append returns.
+    handed_off: bool,
 }
 
 impl IngestService {
-    /// Builds the service and starts its prune loop.
+    /// Builds the service, makes its publisher the store's commit sink
+    /// (one per store: a second service on the same store takes it over)
+    /// and starts its prune loop.
     pub fn new(
         cfg: IngestConfig,
         store: Arc<dyn Store>,
@@ -247,12 +270,14 @@ impl IngestService {
             cfg.max_data_bytes,
         ));
         webhooks.start(store.clone(), "ingest");
+        let handed_off = store.set_commit_sink(publisher::Publisher::spawn(bus.clone()));
         let svc = Arc::new(Self {
             cfg,
             store,
             bus,
             presence,
             webhooks,
+            handed_off,
         });
         let weak = Arc::downgrade(&svc);
         let every = svc.cfg.prune_interval;
@@ -324,6 +349,7 @@ impl IngestService {
             self.bus.clone(),
             input,
             outbox,
+            self.handed_off,
         ));
         match task.await {
             Ok(r) => {

@@ -3,12 +3,17 @@
 //!
 //! # Layout
 //! - `lib.rs`: the [`Store`] trait, its types and [`StoreError`].
+//! - `commit.rs`: the commit hand-off ([`CommitSink`], [`Committed`]): each
+//!   committed batch's stored appends, in seq order per channel, to whoever
+//!   publishes them before their callers are answered.
 //! - [`sqlite`]: the embedded default (one file, WAL, `BEGIN IMMEDIATE`);
 //!   `sqlite/writer.rs`: its writer task, which commits concurrent appends
 //!   together (group commit, one savepoint each).
 //! - [`postgres`]: production backend shared by several ingest replicas;
 //!   `postgres/writer.rs`: its writer tasks, which commit concurrent appends
-//!   together (group commit, one round-trip set per batch).
+//!   together (group commit, one round-trip set per batch);
+//!   `postgres/handoff.rs`: the order in which its two writers hand
+//!   committed batches over.
 //! - [`conformance`]: one suite every backend must pass unchanged.
 //! - `append.rs`: what both backends share about an append: channel order
 //!   (request order out, sorted order for locking), the idempotency
@@ -25,10 +30,12 @@ use herald_protocol::{ChannelName, JsonData};
 use std::time::Duration;
 
 mod append;
+mod commit;
 pub mod conformance;
 pub mod postgres;
 pub mod sqlite;
 
+pub use commit::{CommitSink, Committed};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -289,6 +296,21 @@ pub trait Store: Send + Sync + 'static {
 
     /// Pending deliveries per endpoint (endpoints with none are absent).
     async fn outbox_depth(&self) -> Result<Vec<OutboxDepth>, StoreError>;
+
+    /// Routes every stored append through `sink` (the commit hand-off,
+    /// `commit.rs`): after each commit the writer hands the batch's stored
+    /// appends to it, in seq order per channel within and across batches,
+    /// and an [`Store::append`] that stored a message returns only once the
+    /// sink dropped its [`Committed`]. Duplicates, conflicts and failures
+    /// are answered as before, without the sink. Set it once, before the
+    /// first append; a later call replaces it.
+    ///
+    /// Returns false when the backend has no hand-off (the default): its
+    /// appends are answered at commit and never reach `sink`.
+    fn set_commit_sink(&self, sink: std::sync::Arc<dyn CommitSink>) -> bool {
+        drop(sink);
+        false
+    }
 }
 
 /// Opens the store named by a database URL: `sqlite://PATH` (created when

@@ -3,7 +3,8 @@
 //! Invariants:
 //! - Appends go through [`writer`]: a few writer tasks commit the appends
 //!   queued meanwhile together (group commit), in one transaction per batch;
-//!   an append returns only after its batch committed.
+//!   an append returns only after its batch committed (and, with a commit
+//!   sink, after the sink let go of it; [`handoff`] orders the batches).
 //! - A channel's seq is read under its row lock and written back in the same
 //!   transaction as the message insert; the row lock held until commit
 //!   serialises that channel's writers across replicas, and a rollback undoes
@@ -19,6 +20,7 @@
 //!   with appends evicting the same rows; what it skips goes next time.
 //! - Migrations take sqlx's advisory lock, so replicas may start together.
 
+mod handoff;
 #[cfg(test)]
 mod tests;
 mod writer;
@@ -52,6 +54,8 @@ pub struct PgStore {
     cfg: StoreConfig,
     /// The writers' queue.
     jobs: mpsc::Sender<Job>,
+    /// The writers' hand-off order and the commit sink.
+    handoff: Arc<handoff::Handoff>,
 }
 
 impl PgStore {
@@ -85,14 +89,22 @@ impl PgStore {
             .map_err(|e| StoreError::Setup(format!("migrating postgres database: {e}")))?;
         let (jobs, queue) = mpsc::channel(writer::QUEUE);
         let queue = Arc::new(Mutex::new(queue));
+        let handoff = Arc::new(handoff::Handoff::default());
+        let settings = writer::Settings::new(&cfg);
         for _ in 0..writer::WRITERS {
             tokio::spawn(writer::run(
                 pool.clone(),
-                writer::Settings::new(&cfg),
+                settings.clone(),
                 queue.clone(),
+                handoff.clone(),
             ));
         }
-        Ok(Self { pool, cfg, jobs })
+        Ok(Self {
+            pool,
+            cfg,
+            jobs,
+            handoff,
+        })
     }
 
     /// Closes the pool, waiting for checked-out connections (a batch being
@@ -134,8 +146,14 @@ impl Store for PgStore {
             });
         }
         let (reply, answer) = oneshot::channel();
+        let submitted = std::time::Instant::now();
         self.jobs
-            .send(Job { req, plan, reply })
+            .send(Job {
+                req,
+                plan,
+                reply,
+                submitted,
+            })
             .await
             .map_err(|_| StoreError::Unavailable(sqlx::Error::PoolClosed))?;
         // A writer answers every job it takes; a dropped sender means the
@@ -341,6 +359,11 @@ impl Store for PgStore {
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()
             .map_err(Into::into)
+    }
+
+    fn set_commit_sink(&self, sink: Arc<dyn crate::CommitSink>) -> bool {
+        self.handoff.set_sink(sink);
+        true
     }
 }
 

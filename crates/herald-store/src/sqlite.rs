@@ -10,7 +10,8 @@
 //!   covers other processes on the same file.
 //! - Group commit: the appends queued while a transaction runs are committed
 //!   together in the next one, each in its own savepoint; an append returns
-//!   only after its transaction committed ([`writer`] has the details).
+//!   only after its transaction committed (and, with a commit sink, after
+//!   the sink let go of it; [`writer`] has the details).
 //! - A channel's seq is raised by an upsert in the same transaction as the
 //!   message insert (gap-free, see `lib.rs`).
 //! - Reads use a separate pool (WAL readers run beside the writer) and see
@@ -26,6 +27,7 @@ mod tests;
 mod writer;
 
 use crate::append::{self, Plan};
+use crate::commit::SinkSlot;
 use crate::{
     AppendRequest, Appended, Claimed, History, OutboxDepth, OutboxItem, Settle, Store,
     StoreConfig, StoreError, StoredMessage, now_ms,
@@ -37,6 +39,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{ConnectOptions, Row};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use writer::{Job, OutboxDone, OutboxOp, Writer};
@@ -56,6 +59,8 @@ pub struct SqliteStore {
     cfg: StoreConfig,
     /// The writer task's queue: every append and prune step.
     jobs: mpsc::Sender<Job>,
+    /// The commit sink the writer hands stored appends to.
+    sink: Arc<SinkSlot>,
 }
 
 impl SqliteStore {
@@ -94,8 +99,14 @@ impl SqliteStore {
             StoreError::Setup(format!("opening sqlite write connection {path}: {e}"))
         })?;
         let (jobs, queue) = mpsc::channel(writer::QUEUE);
-        tokio::spawn(Writer::new(opts, conn, &cfg).run(queue));
-        Ok(Self { pool, cfg, jobs })
+        let sink = Arc::new(SinkSlot::default());
+        tokio::spawn(Writer::new(opts, conn, &cfg, sink.clone()).run(queue));
+        Ok(Self {
+            pool,
+            cfg,
+            jobs,
+            sink,
+        })
     }
 
     /// Finishes the queued writes, closes the write connection, then the
@@ -144,7 +155,13 @@ impl Store for SqliteStore {
             return Err(StoreError::Corrupt("data is not UTF-8 JSON text".into()));
         }
         let (reply, answer) = oneshot::channel();
-        self.submit(Job::Append { req, plan, reply }, answer).await
+        let job = Job::Append {
+            req,
+            plan,
+            reply,
+            submitted: std::time::Instant::now(),
+        };
+        self.submit(job, answer).await
     }
 
     async fn history(
@@ -327,6 +344,11 @@ impl Store for SqliteStore {
         }
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    fn set_commit_sink(&self, sink: Arc<dyn crate::CommitSink>) -> bool {
+        self.sink.set(sink);
+        true
     }
 }
 

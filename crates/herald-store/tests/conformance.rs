@@ -90,6 +90,8 @@ conformance_tests!(
     publish_events_are_stored_with_the_message,
     claims_are_exclusive_and_leases_expire,
     enqueue_skips_pending_duplicates,
+    commit_sink_sees_each_stored_append_in_seq_order,
+    commit_sink_holds_the_answer,
 );
 
 fn ch(s: &str) -> ChannelName {

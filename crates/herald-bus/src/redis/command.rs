@@ -21,7 +21,7 @@ use super::Health;
 use super::conn::{Conn, Endpoint, Failure, RESPONSE_TIMEOUT};
 use super::watched::{Role, Watched};
 use crate::BusError;
-use ::redis::{Cmd, FromRedisValue, Value};
+use ::redis::{Cmd, FromRedisValue, Pipeline, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use tokio::sync::Notify;
@@ -91,6 +91,21 @@ impl CommandConn {
             ));
         };
         let outcome = conn.query(cmd).await;
+        self.inner.observe(generation, &outcome);
+        outcome.map_err(BusError::from)
+    }
+
+    /// Sends a pipeline and reads its replies (one request for the bound
+    /// and the health count: a timeout counts as one link failure), or an
+    /// immediate [`BusError::Unavailable`] while the connection is being
+    /// rebuilt.
+    pub(crate) async fn query_pipeline(&self, pipe: &Pipeline) -> Result<(), BusError> {
+        let Some((conn, generation)) = self.inner.watched.current() else {
+            return Err(BusError::Unavailable(
+                "redis command connection is being rebuilt".into(),
+            ));
+        };
+        let outcome = conn.query_pipeline(pipe).await;
         self.inner.observe(generation, &outcome);
         outcome.map_err(BusError::from)
     }

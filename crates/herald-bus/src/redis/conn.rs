@@ -19,8 +19,8 @@ use ::redis::cluster::ClusterClientBuilder;
 use ::redis::cluster_async::ClusterConnection;
 use ::redis::io::tcp::{TcpSettings, socket2::TcpKeepalive};
 use ::redis::{
-    Client, Cmd, ConnectionInfo, ErrorKind, FromRedisValue, IntoConnectionInfo, ProtocolVersion,
-    RedisError, Value,
+    Client, Cmd, ConnectionInfo, ErrorKind, FromRedisValue, IntoConnectionInfo, Pipeline,
+    ProtocolVersion, RedisError, Value,
 };
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
@@ -262,6 +262,20 @@ impl Conn {
             match self.clone() {
                 Conn::Single(mut c) => cmd.query_async(&mut c).await.map_err(unavailable),
                 Conn::Cluster(mut c) => cmd.query_async(&mut c).await.map_err(unavailable),
+            }
+        })
+        .await
+    }
+
+    /// Sends a pipeline (one write, one round trip; not a transaction) and
+    /// reads every reply, bounded by [`RESPONSE_TIMEOUT`] as a whole. On a
+    /// cluster every command must be in one slot (else `CrossSlot`). An
+    /// error reply to any command fails the whole call.
+    pub(crate) async fn query_pipeline(&self, pipe: &Pipeline) -> Result<(), Failure> {
+        bounded(RESPONSE_TIMEOUT, "pipeline", async {
+            match self.clone() {
+                Conn::Single(mut c) => pipe.query_async(&mut c).await.map_err(unavailable),
+                Conn::Cluster(mut c) => pipe.query_async(&mut c).await.map_err(unavailable),
             }
         })
         .await

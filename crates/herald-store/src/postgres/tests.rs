@@ -77,6 +77,7 @@ async fn queue(
             req: r,
             plan,
             reply,
+            submitted: std::time::Instant::now(),
         })
         .await
         .expect("the writers run");
@@ -293,4 +294,83 @@ async fn two_replicas_cross_channels_without_deadlock() {
     }
     // Two channels for three sets of four, one for the fourth.
     assert_eq!(total as usize, TASKS * EACH * 7 / 4);
+}
+
+/// The seqs a channel's history holds.
+async fn kept(store: &PgStore, c: &ChannelName) -> Vec<u64> {
+    let h = store.history(c, 0, 10_000).await.expect("history");
+    h.messages.iter().map(|m| m.seq).collect()
+}
+
+/// Keep 5 per channel.
+fn keep_five() -> StoreConfig {
+    StoreConfig {
+        retention_max_messages: 5,
+        ..StoreConfig::default()
+    }
+}
+
+/// The bounded eviction (`writer::Swept`): 300 appends from 30 tasks to
+/// one channel, through two "replicas" (stores) on one database, with 5
+/// kept: both writers of both stores evict only the range their batch
+/// moves past the bound, and together they leave exactly the last 5 (that
+/// no range is walked twice is what the benches show).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounded_evictions_of_concurrent_batches_keep_exactly_the_last() {
+    let db = test_database().await;
+    let a = Arc::new(PgStore::open(db.url(), keep_five()).await.expect("open"));
+    let b = Arc::new(PgStore::open(db.url(), keep_five()).await.expect("open"));
+    let c = ch("evict_shared");
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..30 {
+        let store = if t % 2 == 0 { a.clone() } else { b.clone() };
+        let c = c.clone();
+        tasks.spawn(async move {
+            for i in 0..10 {
+                store
+                    .append(req(
+                        &[&c],
+                        &format!("{}", t * 10 + i),
+                        &format!("e-{t}-{i}"),
+                    ))
+                    .await
+                    .expect("append");
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.expect("task");
+    }
+    assert_eq!(kept(&a, &c).await, vec![296, 297, 298, 299, 300]);
+}
+
+/// Rows kept by a larger `retention_max_messages` before a restart are
+/// evicted by the first write after it: the first eviction of a channel
+/// in a store's life is not bounded below.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_eviction_after_open_sweeps_what_a_larger_retention_kept() {
+    let db = test_database().await;
+    let c = ch("evict_lowered");
+    {
+        let cfg = StoreConfig {
+            retention_max_messages: 20,
+            ..StoreConfig::default()
+        };
+        let store = PgStore::open(db.url(), cfg).await.expect("open");
+        for i in 1..=30 {
+            store
+                .append(req(&[&c], &format!("{i}"), &format!("l-{i}")))
+                .await
+                .expect("append");
+        }
+        let h = store.history(&c, 0, 100).await.expect("history");
+        assert_eq!(h.messages.len(), 20);
+        store.close().await;
+    }
+    let store = PgStore::open(db.url(), keep_five()).await.expect("reopen");
+    store
+        .append(req(&[&c], "31", "l-31"))
+        .await
+        .expect("append");
+    assert_eq!(kept(&store, &c).await, vec![27, 28, 29, 30, 31]);
 }

@@ -11,9 +11,11 @@
 //! BEGIN
 //!   lock every channel of the batch: one upsert, byte-sorted names, RETURNING last_seq
 //!   [lock every key of the batch: pg_advisory_xact_lock, sorted; read their rows]
+//!   take a hand-off ticket (handoff.rs)
 //!   judge and assign seqs in memory, job by job
 //!   INSERT all messages; [UPSERT all key rows]; UPDATE last_seq; [evict]
-//! COMMIT, then answer every job
+//! COMMIT, then answer every job (stored ones through the commit sink, in
+//! ticket order, when one is set)
 //! ```
 //!
 //! Invariants:
@@ -40,18 +42,26 @@
 //!   lost, a failed `COMMIT`) fails every job of the batch with a retryable
 //!   [`StoreError::Unavailable`]: nothing is retried whose commit may have
 //!   happened.
-//! - Answers are sent only after `COMMIT` returned.
+//! - Retention by count: a batch evicts, per channel it wrote, the seqs it
+//!   moved past `last_seq - keep`, i.e. `(old bound, new bound]`; the first
+//!   eviction of a channel after the store opened starts from 0 ([`Swept`]
+//!   says why: dead index entries).
+//! - Answers are sent only after `COMMIT` returned. With a commit sink
+//!   (`Store::set_commit_sink`), the stored appends of a batch go to it in
+//!   one call, in job order, and batches in the order of their tickets: per
+//!   channel, ascending seq (handoff.rs says why).
 //! - A job whose caller is gone before its batch starts is skipped; once the
 //!   batch started it is committed like the others.
 
+use super::handoff::{Handoff, Ticket};
 use crate::append::{self, Plan, Remembered, Verdict};
 use crate::{AppendRequest, Appended, StoreConfig, StoreError};
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 use sqlx::postgres::{PgPool, PgRow};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 /// Most appends committed in one transaction.
@@ -74,18 +84,22 @@ pub(super) struct Job {
     pub req: AppendRequest,
     pub plan: Plan,
     pub reply: oneshot::Sender<Result<Appended, StoreError>>,
+    /// When `append` queued it (the commit sink's commit-time metric).
+    pub submitted: Instant,
 }
 
 /// The queue the writers share.
 pub(super) type Queue = Arc<Mutex<mpsc::Receiver<Job>>>;
 
-/// What a writer needs of the store's settings.
+/// What a writer needs of the store's settings (shared by the writers).
 #[derive(Debug, Clone)]
 pub(super) struct Settings {
     /// Messages kept per channel.
     keep: u64,
     /// How long a key is remembered.
     window: Duration,
+    /// Channels evicted up to date by this store (see [`Swept`]).
+    swept: Arc<Swept>,
 }
 
 impl Settings {
@@ -93,12 +107,60 @@ impl Settings {
         Self {
             keep: cfg.retention_max_messages,
             window: cfg.idempotency_window,
+            swept: Arc::new(Swept::default()),
+        }
+    }
+}
+
+/// Channels known to hold no message at or below `last_seq - keep`: a
+/// batch of this store evicted them through their bound since it opened.
+///
+/// Why: an eviction `DELETE .. WHERE seq <= bound` walks the channel's
+/// primary-key range from its first entry, and every row evicted before
+/// stays there as a dead entry until VACUUM. Once a channel is at its
+/// retention bound each batch evicts a few more, so each eviction walked
+/// all the earlier ones again: at 10,000 kept per channel, 16 channels and
+/// ~25,000 messages/s, commits went from ~5 ms to ~60 ms apart within 3 s
+/// of the first eviction (the ingest bench fell from ~25,000 to ~3,500/s,
+/// benches/RESULTS.md). For a swept channel a batch evicts only
+/// `(old last_seq - keep, new last_seq - keep]`, which starts past the
+/// dead entries. The first eviction of a channel after the store opened
+/// starts from the beginning, so rows an earlier configuration kept (a
+/// larger `retention_max_messages` before a restart) still go when the
+/// channel is next written. Batches of other replicas evict their own
+/// ranges, so together a channel's batches cover everything up to its
+/// bound (given one `retention_max_messages` across replicas; with
+/// several, the larger ones' rows stay until the age retention).
+#[derive(Debug, Default)]
+pub(super) struct Swept {
+    names: std::sync::Mutex<HashSet<String>>,
+}
+
+impl Swept {
+    /// Names remembered at most; past it the set starts over (a channel
+    /// then sweeps its whole range once more: correct, one walk slower).
+    const MAX: usize = 100_000;
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.names.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Remembers channels whose eviction through their bound committed.
+    fn insert<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+        let mut set = self.lock();
+        for n in names {
+            if set.len() >= Self::MAX {
+                set.clear();
+            }
+            if !set.contains(n) {
+                set.insert(n.to_owned());
+            }
         }
     }
 }
 
 /// One writer: runs until every sender is gone.
-pub(super) async fn run(pool: PgPool, settings: Settings, queue: Queue) {
+pub(super) async fn run(pool: PgPool, settings: Settings, queue: Queue, handoff: Arc<Handoff>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
         let taken = queue.lock().await.recv_many(&mut batch, MAX_BATCH).await;
@@ -107,7 +169,7 @@ pub(super) async fn run(pool: PgPool, settings: Settings, queue: Queue) {
         }
         batch.retain(|j: &Job| !j.reply.is_closed());
         if !batch.is_empty() {
-            commit(&pool, &settings, std::mem::take(&mut batch)).await;
+            commit(&pool, &settings, &handoff, std::mem::take(&mut batch)).await;
         }
     }
 }
@@ -139,15 +201,13 @@ fn rolled_back(why: &str) -> StoreError {
 }
 
 /// Commits `jobs` (non-empty) and answers every one.
-async fn commit(pool: &PgPool, settings: &Settings, jobs: Vec<Job>) {
+async fn commit(pool: &PgPool, settings: &Settings, handoff: &Arc<Handoff>, jobs: Vec<Job>) {
     let mut retried = false;
     let failure = loop {
-        match attempt(pool, settings, &jobs).await {
-            Ok(results) => {
+        match attempt(pool, settings, handoff, &jobs).await {
+            Ok((results, ticket)) => {
                 tracing::trace!(size = jobs.len(), "postgres batch committed");
-                for (job, result) in jobs.into_iter().zip(results) {
-                    let _ = job.reply.send(result);
-                }
+                ticket.deliver(jobs.into_iter().zip(results).collect());
                 return;
             }
             Err(Failure::Statement(e)) if transient(&e) && !retried => {
@@ -158,7 +218,7 @@ async fn commit(pool: &PgPool, settings: &Settings, jobs: Vec<Job>) {
                 // Find the culprit: one transaction per job, in order.
                 tracing::warn!(size = jobs.len(), error = %e, "postgres batch split");
                 for job in jobs {
-                    Box::pin(commit(pool, settings, vec![job])).await;
+                    Box::pin(commit(pool, settings, handoff, vec![job])).await;
                 }
                 return;
             }
@@ -187,12 +247,14 @@ struct KeyRow<'a> {
     rem: Remembered,
 }
 
-/// One transaction for `jobs`; on success, one result per job.
+/// One transaction for `jobs`; on success, one result per job and the
+/// batch's hand-off turn (a failed attempt settles its turn by dropping it).
 async fn attempt(
     pool: &PgPool,
     settings: &Settings,
+    handoff: &Arc<Handoff>,
     jobs: &[Job],
-) -> Result<Vec<Result<Appended, StoreError>>, Failure> {
+) -> Result<(Vec<Result<Appended, StoreError>>, Ticket), Failure> {
     let stmt = |e: sqlx::Error| match e {
         sqlx::Error::Database(_) => Failure::Statement(e),
         other => Failure::Batch(other.into()),
@@ -271,6 +333,11 @@ async fn attempt(
             }
         }
     }
+
+    // Every lock is held: from here on nothing waits for another
+    // transaction, and a batch writing one of these channels after us can
+    // only take its ticket after our COMMIT (handoff.rs).
+    let ticket = handoff.ticket();
 
     // Judge and assign, job by job, in memory.
     let mut results = Vec::with_capacity(jobs.len());
@@ -393,6 +460,28 @@ async fn attempt(
         .map(|(n, v)| (n.as_str(), *v))
         .collect();
     moved.sort_unstable();
+    // Evict (lower, bound]: from the old bound for a channel already
+    // swept by this store, else from the start (`Swept`).
+    let mut evict = Evictions::default();
+    {
+        let swept = settings.swept.lock();
+        for &(n, v) in &moved {
+            let Some(bound) = append::evict_through(v, settings.keep) else {
+                continue;
+            };
+            let lower = match start.get(n) {
+                Some(&old) if swept.contains(n) => {
+                    append::evict_through(old, settings.keep).unwrap_or(0)
+                }
+                _ => 0,
+            };
+            if bound > lower {
+                evict.name.push(n);
+                evict.lower.push(lower);
+                evict.bound.push(bound);
+            }
+        }
+    }
     if !moved.is_empty() {
         let (ns, vs): (Vec<&str>, Vec<i64>) = moved.iter().copied().unzip();
         sqlx::query(
@@ -404,24 +493,31 @@ async fn attempt(
         .execute(&mut *tx)
         .await
         .map_err(stmt)?;
-        let (ens, bounds): (Vec<&str>, Vec<i64>) = moved
-            .iter()
-            .filter_map(|&(n, v)| append::evict_through(v, settings.keep).map(|b| (n, b)))
-            .unzip();
-        if !ens.is_empty() {
+        if !evict.name.is_empty() {
             sqlx::query(
-                "DELETE FROM messages m USING unnest($1::text[], $2::int8[]) AS u(n, b) \
-                 WHERE m.channel = u.n AND m.seq <= u.b",
+                "DELETE FROM messages m USING unnest($1::text[], $2::int8[], $3::int8[]) \
+                 AS u(n, lo, b) WHERE m.channel = u.n AND m.seq > u.lo AND m.seq <= u.b",
             )
-            .bind(&ens)
-            .bind(&bounds)
+            .bind(&evict.name)
+            .bind(&evict.lower)
+            .bind(&evict.bound)
             .execute(&mut *tx)
             .await
             .map_err(stmt)?;
         }
     }
     tx.commit().await.map_err(|e| Failure::Batch(e.into()))?;
-    Ok(results)
+    // Only now: a rolled-back eviction evicted nothing.
+    settings.swept.insert(evict.name.iter().copied());
+    Ok((results, ticket))
+}
+
+/// The evictions of a batch, by column (one `unnest` delete).
+#[derive(Default)]
+struct Evictions<'a> {
+    name: Vec<&'a str>,
+    lower: Vec<i64>,
+    bound: Vec<i64>,
 }
 
 /// The message rows of a batch, by column (one `unnest` insert).

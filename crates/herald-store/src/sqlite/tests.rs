@@ -77,6 +77,7 @@ async fn queue(
             req: r,
             plan,
             reply,
+            submitted: std::time::Instant::now(),
         })
         .await
         .expect("the writer runs");

@@ -10,14 +10,17 @@
 //! BEGIN IMMEDIATE
 //!   per append: [SELECT its key]  SAVEPOINT append; writes...; RELEASE append
 //!   per prune step: one bounded DELETE
-//! COMMIT, then answer every job
+//! COMMIT, then answer every job (stored appends through the commit sink,
+//! in one call per batch, when one is set)
 //! ```
 //!
 //! Invariants:
 //! - Answers are sent only after `COMMIT` returned: an acknowledged append is
 //!   committed exactly as before (WAL, `synchronous = NORMAL`). When `BEGIN`
 //!   or `COMMIT` fails, every job of the batch gets an error (none is
-//!   durable).
+//!   durable). With a commit sink (`Store::set_commit_sink`), a batch's
+//!   stored appends go to it in one call, in job order; batches follow one
+//!   another (one writer), so per channel the sink sees ascending seqs.
 //! - A channel's seq is still raised by the upsert in the transaction that
 //!   inserts the message; the jobs of a batch run one after another, so two
 //!   appends to one channel get consecutive seqs, and a later job sees the
@@ -38,12 +41,17 @@
 //!   others, which a caller that gave up cannot tell from a lost answer.
 
 use crate::append::{self, Plan, Remembered, Verdict};
-use crate::{AppendRequest, Appended, Claimed, OutboxItem, Settle, StoreConfig, StoreError};
+use crate::commit::SinkSlot;
+use crate::{
+    AppendRequest, Appended, Claimed, CommitSink, Committed, OutboxItem, Settle, StoreConfig,
+    StoreError,
+};
+use herald_protocol::JsonData;
 use sqlx::sqlite::{SqliteArguments, SqliteConnectOptions, SqliteConnection};
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Row, Sqlite, Transaction};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 /// Most jobs committed in one transaction. Bounds how long one transaction
@@ -62,6 +70,8 @@ pub(super) enum Job {
         req: AppendRequest,
         plan: Plan,
         reply: oneshot::Sender<Result<Appended, StoreError>>,
+        /// When `append` queued it (the commit sink's commit-time metric).
+        submitted: Instant,
     },
     /// One bounded delete (`sql` binds the cutoff, then the limit); answers
     /// the rows deleted.
@@ -219,11 +229,19 @@ impl Job {
     }
 }
 
+/// What a stored append hands to the commit sink besides its result.
+struct Payload {
+    from: Option<String>,
+    data: JsonData,
+    submitted: Instant,
+}
+
 /// A job done inside the transaction, answered after it ends.
 enum Answer {
     Append(
         oneshot::Sender<Result<Appended, StoreError>>,
         Result<Appended, StoreError>,
+        Payload,
     ),
     Delete(oneshot::Sender<Result<u64, StoreError>>, u64),
     Outbox(oneshot::Sender<Result<OutboxDone, StoreError>>, OutboxDone),
@@ -234,7 +252,7 @@ impl Answer {
     fn send(self) {
         // A caller that went away meanwhile does not want the answer.
         match self {
-            Answer::Append(reply, result) => {
+            Answer::Append(reply, result, _) => {
                 let _ = reply.send(result);
             }
             Answer::Delete(reply, n) => {
@@ -280,7 +298,7 @@ fn fail_job(job: Job, err: StoreError) {
 /// Answers an already processed job of a batch that did not commit.
 fn fail_answer(answer: Answer, why: &str) {
     match answer {
-        Answer::Append(reply, _) => {
+        Answer::Append(reply, _, _) => {
             let _ = reply.send(Err(rolled_back(why)));
         }
         Answer::Delete(reply, _) => {
@@ -315,6 +333,8 @@ pub(super) struct Writer {
     window: Duration,
     /// Write query text per (channel count, has a key).
     sql: HashMap<(usize, bool), Arc<str>>,
+    /// The commit sink, shared with the store.
+    sink: Arc<SinkSlot>,
 }
 
 impl Writer {
@@ -324,6 +344,7 @@ impl Writer {
         opts: SqliteConnectOptions,
         conn: SqliteConnection,
         cfg: &StoreConfig,
+        sink: Arc<SinkSlot>,
     ) -> Self {
         Self {
             opts,
@@ -331,6 +352,7 @@ impl Writer {
             keep: i64::try_from(cfg.retention_max_messages).unwrap_or(i64::MAX),
             window: cfg.idempotency_window,
             sql: HashMap::new(),
+            sink,
         }
     }
 
@@ -390,14 +412,38 @@ impl Writer {
             keep,
             window,
             sql,
+            sink,
             ..
         } = self;
         let Some(open) = conn.as_mut() else {
             return;
         };
-        if run_batch(open, batch, *keep, *window, sql).await {
+        if run_batch(open, batch, *keep, *window, sql, sink).await {
             *conn = None;
         }
+    }
+}
+
+/// Answers the jobs of a committed batch: stored appends through `sink`
+/// (one call, job order), everything else at once.
+fn answer_committed(answers: Vec<Answer>, sink: Option<&Arc<dyn CommitSink>>) {
+    let Some(sink) = sink else {
+        for answer in answers {
+            answer.send();
+        }
+        return;
+    };
+    let mut stored = Vec::new();
+    for answer in answers {
+        match answer {
+            Answer::Append(reply, Ok(a), p) if !a.duplicate => {
+                stored.push(Committed::new(a, p.from, p.data, p.submitted, reply));
+            }
+            other => other.send(),
+        }
+    }
+    if !stored.is_empty() {
+        sink.committed(stored);
     }
 }
 
@@ -409,6 +455,7 @@ async fn run_batch(
     keep: i64,
     window: Duration,
     sql: &mut HashMap<(usize, bool), Arc<str>>,
+    sink: &SinkSlot,
 ) -> bool {
     let size = batch.len();
     let begun = conn.begin_with("BEGIN IMMEDIATE").await;
@@ -429,15 +476,31 @@ async fn run_batch(
     let mut aborted = None;
     while let Some(job) = jobs.next() {
         let failed = match job {
-            Job::Append { req, plan, reply } => {
-                match append_one(&mut tx, &req, &plan, keep, window, sql).await {
-                    Ok(result) => {
-                        answers.push(Answer::Append(reply, result));
-                        continue;
-                    }
-                    Err(Abort(err)) => (Job::Append { req, plan, reply }, err),
+            Job::Append {
+                req,
+                plan,
+                reply,
+                submitted,
+            } => match append_one(&mut tx, &req, &plan, keep, window, sql).await {
+                Ok(result) => {
+                    let payload = Payload {
+                        from: req.from,
+                        data: req.data,
+                        submitted,
+                    };
+                    answers.push(Answer::Append(reply, result, payload));
+                    continue;
                 }
-            }
+                Err(Abort(err)) => {
+                    let job = Job::Append {
+                        req,
+                        plan,
+                        reply,
+                        submitted,
+                    };
+                    (job, err)
+                }
+            },
             Job::Delete {
                 sql: text,
                 cutoff,
@@ -503,9 +566,7 @@ async fn run_batch(
     match outcome {
         Ok(()) => {
             tracing::trace!(size, "sqlite batch committed");
-            for answer in answers {
-                answer.send();
-            }
+            answer_committed(answers, sink.get().as_ref());
             false
         }
         Err((why, broken)) => {
