@@ -19,6 +19,7 @@ use crate::metrics as m;
 use crate::outbox::{Outbox, Take};
 use crate::ws::{self, FrameReader, InFrame, InOp, ReadError};
 use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
 use herald_auth::{ConnClaims, GrantOp};
 use herald_protocol::bus::Envelope;
 use herald_protocol::server::{
@@ -38,7 +39,6 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
-use futures_util::FutureExt;
 use tracing::Instrument;
 
 /// Boxed read half (the upgraded TCP stream, or a generic split).

@@ -11,7 +11,9 @@
 //! - Each message is encoded once per encoding; every subscriber's queue gets
 //!   the same `Bytes` (DESIGN.md performance model). Fan-out hands them to
 //!   [`Outbox::deliver`], which writes an idle connection's socket at once
-//!   (one non-blocking `write(2)`, no task wake-up) and queues otherwise.
+//!   (one non-blocking `write(2)`, no task wake-up) and queues otherwise;
+//!   when direct sends would take more than half a thread, fan-out queues
+//!   every frame for the connections' writers instead (crate::gate).
 //! - No await while a shard lock is held; locks are std mutexes.
 
 use crate::ingest::Ingest;
@@ -278,6 +280,8 @@ pub struct Hub {
     /// Frames fan-out wrote to sockets itself ([`Outbox::deliver`]), counted
     /// like the writers' (once per message, not per subscriber).
     sent: m::Sent,
+    /// Direct writes or queued ones (crate::gate).
+    gate: crate::gate::Gate,
     me: Weak<Hub>,
 }
 
@@ -299,6 +303,7 @@ impl Hub {
             gap_timeout,
             max_buffer_bytes,
             sent: m::Sent::default(),
+            gate: crate::gate::Gate::new(),
             me: me.clone(),
         });
         let handler: Arc<dyn BusHandler> = Arc::new(HubHandler(Arc::downgrade(&hub)));
@@ -503,7 +508,7 @@ impl Hub {
             }
             let msg = entry.remove();
             last = msg.seq;
-            deliver_message(chan, &msg, self.max_buffer_bytes, &self.sent);
+            deliver_message(chan, &msg, self.max_buffer_bytes, &self.sent, &self.gate);
         }
         chan.last = Some(last);
         if !chan.pending.is_empty() && !chan.fill_scheduled {
@@ -656,6 +661,9 @@ impl Hub {
         let shard = self.shard(ch.as_str());
         let Some(chan) = shard.get(ch) else { return };
         let mut direct = DirectWrites::default();
+        let mode = self.gate.direct();
+        let started = std::time::Instant::now();
+        let mut n = 0;
         // Ephemeral frames go to live subscribers only. Buffering ones are
         // mid-subscribe; they did not hold the channel when it was sent.
         for sub in &chan.subs {
@@ -667,10 +675,12 @@ impl Hub {
             }
             if let SubState::Live { .. } = sub.state {
                 let b = e.bytes(sub.conn.enc);
-                direct.add(sub.conn.outbox.deliver(b.clone()), b.len());
+                direct.add(hand_out(&sub.conn.outbox, b, mode), b.len());
+                n += 1;
             }
         }
         direct.count(&self.sent);
+        self.gate.record(n, started.elapsed(), mode);
     }
 
     /// Number of shards, for walking the hub one shard at a time
@@ -873,16 +883,38 @@ impl DirectWrites {
     }
 }
 
-fn deliver_message(chan: &mut Channel, msg: &Msg, max_buffer: usize, sent: &m::Sent) {
+/// One frame to one connection: written at once when `direct` and the
+/// connection is idle ([`Outbox::deliver`]), else queued for its writer.
+fn hand_out(outbox: &Outbox, frame: &Bytes, direct: bool) -> Delivered {
+    if direct {
+        outbox.deliver(frame.clone())
+    } else if outbox.push(frame.clone()) {
+        Delivered::Queued
+    } else {
+        Delivered::Refused
+    }
+}
+
+fn deliver_message(
+    chan: &mut Channel,
+    msg: &Msg,
+    max_buffer: usize,
+    sent: &m::Sent,
+    gate: &crate::gate::Gate,
+) {
     let lag = (herald_protocol::now_ms() - msg.ts).max(0);
     m::delivery_lag().record(lag as f64 / 1000.0);
+    let mode = gate.direct();
+    let started = std::time::Instant::now();
+    let mut n = 0;
     let mut direct = DirectWrites::default();
     for sub in &mut chan.subs {
         match &mut sub.state {
             SubState::Live { after } => {
                 if msg.seq > *after {
                     let b = msg.bytes(sub.conn.enc);
-                    direct.add(sub.conn.outbox.deliver(b.clone()), b.len());
+                    direct.add(hand_out(&sub.conn.outbox, b, mode), b.len());
+                    n += 1;
                 }
             }
             SubState::Buffering { buf, bytes } => {
@@ -899,6 +931,7 @@ fn deliver_message(chan: &mut Channel, msg: &Msg, max_buffer: usize, sent: &m::S
         }
     }
     direct.count(sent);
+    gate.record(n, started.elapsed(), mode);
 }
 
 struct HubHandler(Weak<Hub>);

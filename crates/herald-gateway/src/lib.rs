@@ -20,6 +20,7 @@ pub mod config;
 pub mod conn;
 pub mod drain;
 pub mod events;
+pub mod gate;
 pub mod http_ingest;
 pub mod hub;
 pub mod ingest;
