@@ -13,6 +13,9 @@
 # (up to BENCH_WAIT_BUILDS_S, default 300 s) until no rustc/cargo runs.
 # Start, readiness, header and run are shared with benches/loadgen.sh
 # (benches/common.sh); this adds a `# server:` line and the floor's log.
+# FLOOR_ARGS adds flags to herald-floor, e.g. FLOOR_ARGS=--io-uring=defer
+# (the io_uring experiment, benches/RESULTS.md). CPU of batched-in-kernel
+# modes is best read with `perf stat -e task-clock` (RESULTS.md says why).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 floor=${FLOOR_BIN:-$root/target/release/herald-floor}
@@ -29,10 +32,13 @@ port=$(free_port)
 secret=$(random_hex)
 key=$(random_hex)
 
+read -r -a floor_args <<<"${FLOOR_ARGS:-}"
 bench_server_start herald-floor "$dir/floor.log" \
-    "$floor" --listen "127.0.0.1:$port" --api-key "$key"
+    "$floor" --listen "127.0.0.1:$port" --api-key "$key" "${floor_args[@]}"
+how="one send(2) per delivery"
+[ ${#floor_args[@]} -eq 0 ] || how="flags ${floor_args[*]}"
 bench_header "$out" herald-floor "$floor" herald-floor \
-    "# server: herald-floor (pid $pid), one send(2) per delivery" "$@"
+    "# server: herald-floor (pid $pid), $how" "$@"
 bench_run_loadgen "$out" "$@"
 if [ -s "$dir/floor.log" ]; then
     echo "# herald-floor log:" | tee -a "$out"

@@ -27,12 +27,25 @@
 //! handling. Besides `/ws` and `/v1/publish` it answers `/healthz` and
 //! `/readyz` (for `benches/floor.sh`), 404 otherwise.
 //!
+//! `--io-uring[=MODE]` (issue 13's experiment, `uring.rs`): the same loop
+//! as one batch of io_uring sends instead: one `IORING_OP_SEND` per
+//! subscriber, all pointing at the frame encoded once, submitted and waited
+//! for with one `io_uring_enter(2)` per fan-out (chunks of 4,096
+//! subscribers), then per subscriber as above: a short send (or `EAGAIN`) is
+//! finished with a blocking `write_all`, an error drops the subscriber;
+//! under the same lock. `MODE` is `plain` (the default), `defer`
+//! (`SINGLE_ISSUER | DEFER_TASKRUN` ring), `coop` (`COOP_TASKRUN |
+//! TASKRUN_FLAG`) or `zc` (`SEND_ZC`). Without the flag no ring is made and
+//! the fan-out is the `write_all` loop.
+//!
 //! ```text
-//! herald-floor --listen 127.0.0.1:0 [--api-key KEY]
+//! herald-floor --listen 127.0.0.1:0 [--api-key KEY] [--io-uring[=MODE]]
 //! ```
-//! prints `herald-floor listening on http://127.0.0.1:PORT` once bound.
+//! prints `herald-floor listening on http://127.0.0.1:PORT` once bound
+//! (with `--io-uring`, first a line on stderr naming the mode).
 
 mod json;
+mod uring;
 mod wire;
 
 use std::collections::HashMap;
@@ -65,6 +78,8 @@ struct Floor {
     idle: Mutex<Vec<TcpStream>>,
     api_key: Option<String>,
     ids: AtomicU64,
+    /// `--io-uring`: the fan-out as one batch of io_uring sends.
+    uring: Option<uring::Mode>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -117,14 +132,26 @@ fn main() {
 fn run() -> Result<(), String> {
     let mut listen = "127.0.0.1:8080".to_owned();
     let mut api_key = None;
+    let mut uring = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--listen" => listen = args.next().ok_or("--listen needs an address")?,
             "--api-key" => api_key = Some(args.next().ok_or("--api-key needs a value")?),
+            "--io-uring" => uring = Some(uring::Mode::Plain),
             "-h" | "--help" => {
-                println!("herald-floor --listen 127.0.0.1:PORT [--api-key KEY]");
+                println!(
+                    "herald-floor --listen 127.0.0.1:PORT [--api-key KEY] \
+                     [--io-uring[=plain|defer|coop|zc]]"
+                );
                 return Ok(());
+            }
+            other if other.starts_with("--io-uring=") => {
+                let name = &other["--io-uring=".len()..];
+                uring = Some(
+                    uring::Mode::parse(name)
+                        .ok_or_else(|| format!("--io-uring={name}: plain, defer, coop or zc"))?,
+                );
             }
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -135,6 +162,14 @@ fn run() -> Result<(), String> {
     if !addr.ip().is_loopback() {
         return Err(format!("--listen {listen}: loopback addresses only"));
     }
+    if let Some(mode) = uring {
+        uring::check(mode).map_err(|e| format!("--io-uring={}: {e}", mode.name()))?;
+        eprintln!(
+            "herald-floor: fan-out by io_uring ({}), rings of {} entries",
+            mode.name(),
+            uring::RING_ENTRIES
+        );
+    }
     let listener = TcpListener::bind(addr).map_err(|e| format!("bind {addr}: {e}"))?;
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
     println!("herald-floor listening on http://{bound}");
@@ -144,6 +179,7 @@ fn run() -> Result<(), String> {
         idle: Mutex::default(),
         api_key,
         ids: AtomicU64::new(0),
+        uring,
     });
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
@@ -351,7 +387,10 @@ fn publish(floor: &Floor, stream: &mut TcpStream, req: &Request) -> io::Result<(
             r#"{{"type":"message","channel":"{name}","seq":{},"id":"{id}","ts":{ts}{from},"data":{}}}"#,
             ch.seq, p.data
         ));
-        let dropped = fan_out(&mut ch.subs, &frame);
+        let dropped = match floor.uring {
+            None => fan_out(&mut ch.subs, &frame),
+            Some(mode) => uring::fan_out(mode, &mut ch.subs, &frame),
+        };
         if dropped > 0 {
             eprintln!("herald-floor: {name}: {dropped} subscribers dropped (write failed)");
         }
