@@ -208,8 +208,8 @@ fn batch(ring: &mut IoUring, mode: Mode, socks: &[TcpStream], frame: &[u8], keep
                 }
                 cancelled = true;
             }
-            Err(e)
-                if e.kind() == io::ErrorKind::Interrupted || e.raw_os_error() == Some(EBUSY) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted || e.raw_os_error() == Some(EBUSY) => {
+            }
             Err(e) => {
                 // The kernel may still use `frame` and the fds: returning
                 // would be unsound, waiting again would spin.
@@ -316,7 +316,10 @@ mod tests {
                      without the --io-uring experiment's test)",
                     mode.name()
                 );
-                eprintln!("io_uring {} unavailable, skipped by HERALD_FLOOR_NO_IO_URING: {e}", mode.name());
+                eprintln!(
+                    "io_uring {} unavailable, skipped by HERALD_FLOOR_NO_IO_URING: {e}",
+                    mode.name()
+                );
                 continue;
             }
             let (mut subs, clients): (Vec<_>, Vec<_>) = pairs(3).into_iter().unzip();
@@ -348,7 +351,12 @@ mod tests {
             drop((subs, done));
             for r in readers {
                 let got = r.join().expect("reader").expect("read");
-                assert!(got == want, "{mode:?}: {} of {} bytes", got.len(), want.len());
+                assert!(
+                    got == want,
+                    "{mode:?}: {} of {} bytes",
+                    got.len(),
+                    want.len()
+                );
             }
         }
     }
