@@ -2372,7 +2372,9 @@ async fn dev_serves_the_demo_page_with_working_tokens() {
         .json()
         .await
         .unwrap();
-    let token = tok["token"].as_str().unwrap_or_else(|| panic!("no token in {tok}"));
+    let token = tok["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no token in {tok}"));
     let (_c, welcome) = Connect::new(&h).token(token).ready().await;
     assert_eq!(welcome["type"], "welcome", "{welcome}");
     let mut subs: Vec<&str> = welcome["subs"]
@@ -2383,5 +2385,8 @@ async fn dev_serves_the_demo_page_with_working_tokens() {
         .collect();
     subs.sort_unstable();
     assert_eq!(subs.len(), 3, "{welcome}");
-    assert!(subs.contains(&"dashboard_website_1") && subs.contains(&"dashboard_website_2"), "{welcome}");
+    assert!(
+        subs.contains(&"dashboard_website_1") && subs.contains(&"dashboard_website_2"),
+        "{welcome}"
+    );
 }

@@ -121,7 +121,10 @@ impl Receiver {
                     .iter()
                     .map(|d| format!("{:?} {}", d.answered, d.body))
                     .collect();
-                panic!("{n} events not taken within {within:?}; got:\n{}", got.join("\n"));
+                panic!(
+                    "{n} events not taken within {within:?}; got:\n{}",
+                    got.join("\n")
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -848,7 +851,11 @@ async fn webhook_secret_from_the_environment() {
     // bot (every channel) gets both; audit (audit_*) gets the second under
     // the same event id: ids are per event, deliveries per endpoint.
     eventually(STEP, "3 deliveries (bot: 2, audit: 1)", || async {
-        rx.deliveries().iter().filter(|d| d.answered == Some(200)).count() == 3
+        rx.deliveries()
+            .iter()
+            .filter(|d| d.answered == Some(200))
+            .count()
+            == 3
     })
     .await;
     let ds = rx.deliveries();

@@ -321,7 +321,9 @@ async fn events(svc: &IngestService, b: &[u8]) -> Result<Resp, IngestError> {
         return Err(bad(&format!("at most {MAX_EVENTS_PER_BATCH} events")));
     }
     if let Some(e) = body.events.iter().find(|e| {
-        e.id.is_empty() || e.id.len() > 128 || e.kind.has_channel() != e.channel.is_some()
+        e.id.is_empty()
+            || e.id.len() > 128
+            || e.kind.has_channel() != e.channel.is_some()
             || e.kind == herald_protocol::webhook::EventKind::Publish
     }) {
         return Err(bad(&format!(
@@ -330,7 +332,10 @@ async fn events(svc: &IngestService, b: &[u8]) -> Result<Resp, IngestError> {
         )));
     }
     let stored = svc.events(&body.events).await?;
-    Ok(json(StatusCode::OK, &serde_json::json!({ "stored": stored })))
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "stored": stored }),
+    ))
 }
 
 #[derive(Deserialize)]

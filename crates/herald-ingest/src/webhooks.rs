@@ -435,9 +435,8 @@ impl Webhooks {
                 } else {
                     metrics::webhook_deliveries(kind).increment(1);
                     let delay = Endpoint::backoff(attempts, rand::random::<f64>());
-                    let at_ms = now_ms().saturating_add(
-                        i64::try_from(delay.as_millis()).unwrap_or(i64::MAX),
-                    );
+                    let at_ms = now_ms()
+                        .saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
                     tracing::warn!(endpoint = %ep.name, event = %row.event_id, attempts,
                         retry_in = ?delay, error = %why, "webhook delivery failed");
                     Settle::Retry { at_ms, attempts }
@@ -467,7 +466,8 @@ fn parse_before(bytes: &[u8], max_data_bytes: usize) -> Result<BeforeVerdict, St
         serde_json::from_slice(bytes).map_err(|e| format!("unreadable answer: {e}"))?;
     match a.action.as_deref() {
         Some("reject") => Ok(BeforeVerdict::Reject(
-            a.reason.unwrap_or_else(|| "rejected by the application".into()),
+            a.reason
+                .unwrap_or_else(|| "rejected by the application".into()),
         )),
         None | Some("accept") => match a.data {
             None => Ok(BeforeVerdict::Accept(None)),
@@ -503,7 +503,10 @@ async fn worker(hooks: Arc<Webhooks>, ep: Arc<Endpoint>, store: Arc<dyn Store>, 
             continue;
         }
         let limit = u32::try_from(free).unwrap_or(u32::MAX);
-        match store.claim(&ep.name, limit, now_ms(), lease_ms, &owner).await {
+        match store
+            .claim(&ep.name, limit, now_ms(), lease_ms, &owner)
+            .await
+        {
             Ok(rows) if !rows.is_empty() => {
                 for row in rows {
                     let Ok(permit) = sem.clone().try_acquire_owned() else {
@@ -520,7 +523,9 @@ async fn worker(hooks: Arc<Webhooks>, ep: Arc<Endpoint>, store: Arc<dyn Store>, 
                 continue;
             }
             Ok(_) => {}
-            Err(e) => tracing::warn!(endpoint = %ep.name, error = %e, "claiming webhook deliveries failed"),
+            Err(e) => {
+                tracing::warn!(endpoint = %ep.name, error = %e, "claiming webhook deliveries failed")
+            }
         }
         tokio::select! {
             () = wake.notified() => {}

@@ -67,7 +67,10 @@ impl EventKind {
 
     /// Whether events of this kind belong to a channel.
     pub const fn has_channel(self) -> bool {
-        matches!(self, EventKind::Publish | EventKind::Join | EventKind::Leave)
+        matches!(
+            self,
+            EventKind::Publish | EventKind::Join | EventKind::Leave
+        )
     }
 }
 

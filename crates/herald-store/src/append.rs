@@ -17,9 +17,9 @@
 //! No I/O here.
 
 use crate::{AppendRequest, Appended, OutboxItem, StoreError};
+use herald_protocol::ChannelName;
 use herald_protocol::server::Message;
 use herald_protocol::webhook::Event;
-use herald_protocol::ChannelName;
 use sha2::{Digest, Sha256};
 use std::time::Duration;
 

@@ -868,16 +868,39 @@ pub async fn publish_events_are_stored_with_the_message(store: Arc<dyn Store>) {
     let mut req = keyed(&[&a, &b], r#"{"content":"hi"}"#, "sub:v1", &unique("key"));
     req.from = Some("v1".into());
     req.outbox = vec![
-        OutboxTarget { endpoint: bot.clone(), channel: a.clone() },
-        OutboxTarget { endpoint: audit.clone(), channel: a.clone() },
-        OutboxTarget { endpoint: audit.clone(), channel: b.clone() },
+        OutboxTarget {
+            endpoint: bot.clone(),
+            channel: a.clone(),
+        },
+        OutboxTarget {
+            endpoint: audit.clone(),
+            channel: a.clone(),
+        },
+        OutboxTarget {
+            endpoint: audit.clone(),
+            channel: b.clone(),
+        },
     ];
     let first = append(&store, req.clone()).await;
-    let again = append(&store, AppendRequest { id: "other".into(), ..req }).await;
+    let again = append(
+        &store,
+        AppendRequest {
+            id: "other".into(),
+            ..req
+        },
+    )
+    .await;
     assert!(again.duplicate);
     let now = now_ms() + 1000;
-    let got = store.claim(&bot, 10, now, 30_000, "o").await.expect("claim");
-    assert_eq!(got.len(), 1, "one event for the bot, none for the duplicate: {got:?}");
+    let got = store
+        .claim(&bot, 10, now, 30_000, "o")
+        .await
+        .expect("claim");
+    assert_eq!(
+        got.len(),
+        1,
+        "one event for the bot, none for the duplicate: {got:?}"
+    );
     let body: serde_json::Value = serde_json::from_str(&got[0].body).expect("JSON body");
     assert_eq!(
         body,
@@ -887,12 +910,18 @@ pub async fn publish_events_are_stored_with_the_message(store: Arc<dyn Store>) {
                 "from": "v1", "data": {"content": "hi"}}})
     );
     assert_eq!(got[0].attempts, 0);
-    let got = store.claim(&audit, 10, now, 30_000, "o").await.expect("claim");
+    let got = store
+        .claim(&audit, 10, now, 30_000, "o")
+        .await
+        .expect("claim");
     let seqs: BTreeSet<(String, u64)> = got
         .iter()
         .map(|c| {
             let v: serde_json::Value = serde_json::from_str(&c.body).expect("outbox call");
-            (v["channel"].as_str().expect("outbox call").to_owned(), v["message"]["seq"].as_u64().expect("outbox call"))
+            (
+                v["channel"].as_str().expect("outbox call").to_owned(),
+                v["message"]["seq"].as_u64().expect("outbox call"),
+            )
         })
         .collect();
     assert_eq!(
@@ -923,38 +952,92 @@ pub async fn claims_are_exclusive_and_leases_expire(store: Arc<dyn Store>) {
         tokio::spawn(async move { s1.claim(&e1, 25, now, 10_000, "one").await }),
         tokio::spawn(async move { s2.claim(&e2, 25, now, 10_000, "two").await }),
     );
-    let (x, y) = (x.expect("outbox call").expect("claim"), y.expect("outbox call").expect("claim"));
+    let (x, y) = (
+        x.expect("outbox call").expect("claim"),
+        y.expect("outbox call").expect("claim"),
+    );
     let xs: HashSet<i64> = x.iter().map(|c| c.row).collect();
     let ys: HashSet<i64> = y.iter().map(|c| c.row).collect();
     assert!(xs.is_disjoint(&ys), "two claimers got the same row");
-    assert_eq!(xs.len() + ys.len(), n, "together they claimed every due row");
+    assert_eq!(
+        xs.len() + ys.len(),
+        n,
+        "together they claimed every due row"
+    );
     assert!(
-        store.claim(&ep, 100, now + 5_000, 10_000, "three").await.expect("outbox call").is_empty(),
+        store
+            .claim(&ep, 100, now + 5_000, 10_000, "three")
+            .await
+            .expect("outbox call")
+            .is_empty(),
         "leased rows are not claimed again"
     );
     let depth = store.outbox_depth().await.expect("depth");
-    assert!(depth.iter().any(|d| d.endpoint == ep && d.pending == n as u64), "{depth:?}");
+    assert!(
+        depth
+            .iter()
+            .any(|d| d.endpoint == ep && d.pending == n as u64),
+        "{depth:?}"
+    );
 
     // "one"'s lease runs out: "three" takes its rows over.
     let later = now + 10_001;
-    let taken = store.claim(&ep, 100, later, 10_000, "three").await.expect("outbox call");
-    assert_eq!(taken.iter().map(|c| c.row).collect::<HashSet<_>>(), xs.union(&ys).copied().collect());
+    let taken = store
+        .claim(&ep, 100, later, 10_000, "three")
+        .await
+        .expect("outbox call");
+    assert_eq!(
+        taken.iter().map(|c| c.row).collect::<HashSet<_>>(),
+        xs.union(&ys).copied().collect()
+    );
     let row = x[0].row;
-    assert!(!store.settle(row, "one", Settle::Done).await.expect("outbox call"), "a lost lease settles nothing");
+    assert!(
+        !store
+            .settle(row, "one", Settle::Done)
+            .await
+            .expect("outbox call"),
+        "a lost lease settles nothing"
+    );
     assert!(
         store
-            .settle(row, "three", Settle::Retry { at_ms: later + 60_000, attempts: 1 })
+            .settle(
+                row,
+                "three",
+                Settle::Retry {
+                    at_ms: later + 60_000,
+                    attempts: 1
+                }
+            )
             .await
             .expect("outbox call")
     );
     for c in taken.iter().filter(|c| c.row != row) {
-        assert!(store.settle(c.row, "three", Settle::Done).await.expect("outbox call"));
+        assert!(
+            store
+                .settle(c.row, "three", Settle::Done)
+                .await
+                .expect("outbox call")
+        );
     }
-    assert!(store.claim(&ep, 100, later + 59_999, 10_000, "four").await.expect("outbox call").is_empty());
-    let back = store.claim(&ep, 100, later + 60_000, 10_000, "four").await.expect("outbox call");
+    assert!(
+        store
+            .claim(&ep, 100, later + 59_999, 10_000, "four")
+            .await
+            .expect("outbox call")
+            .is_empty()
+    );
+    let back = store
+        .claim(&ep, 100, later + 60_000, 10_000, "four")
+        .await
+        .expect("outbox call");
     assert_eq!(back.len(), 1);
     assert_eq!((back[0].row, back[0].attempts), (row, 1));
-    assert!(store.settle(row, "four", Settle::Done).await.expect("outbox call"));
+    assert!(
+        store
+            .settle(row, "four", Settle::Done)
+            .await
+            .expect("outbox call")
+    );
     let depth = store.outbox_depth().await.expect("depth");
     assert!(!depth.iter().any(|d| d.endpoint == ep), "{depth:?}");
 }
@@ -963,15 +1046,37 @@ pub async fn claims_are_exclusive_and_leases_expire(store: Arc<dyn Store>) {
 /// event id for another endpoint is its own delivery.
 pub async fn enqueue_skips_pending_duplicates(store: Arc<dyn Store>) {
     let (e1, e2) = (endpoint("a"), endpoint("b"));
-    assert_eq!(store.enqueue(vec![item(&e1, 1), item(&e1, 2)]).await.expect("outbox call"), 2);
-    assert_eq!(store.enqueue(vec![item(&e1, 2), item(&e1, 3), item(&e2, 2)]).await.expect("outbox call"), 2);
+    assert_eq!(
+        store
+            .enqueue(vec![item(&e1, 1), item(&e1, 2)])
+            .await
+            .expect("outbox call"),
+        2
+    );
+    assert_eq!(
+        store
+            .enqueue(vec![item(&e1, 2), item(&e1, 3), item(&e2, 2)])
+            .await
+            .expect("outbox call"),
+        2
+    );
     assert_eq!(store.enqueue(Vec::new()).await.expect("outbox call"), 0);
     let now = now_ms() + 1000;
-    let got = store.claim(&e1, 100, now, 1000, "o").await.expect("outbox call");
+    let got = store
+        .claim(&e1, 100, now, 1000, "o")
+        .await
+        .expect("outbox call");
     let ids: Vec<&str> = got.iter().map(|c| c.event_id.as_str()).collect();
     assert_eq!(ids, ["ev_1", "ev_2", "ev_3"], "oldest first, each once");
     assert_eq!(got[0].body, r#"{"n":1}"#);
-    assert_eq!(store.claim(&e2, 100, now, 1000, "o").await.expect("outbox call").len(), 1);
+    assert_eq!(
+        store
+            .claim(&e2, 100, now, 1000, "o")
+            .await
+            .expect("outbox call")
+            .len(),
+        1
+    );
 }
 
 /// Records what a commit sink is handed, and holds it while `hold` is set
@@ -996,7 +1101,10 @@ impl crate::CommitSink for Recording {
         }
         drop(seen);
         if self.hold.load(std::sync::atomic::Ordering::SeqCst) {
-            self.held.lock().unwrap_or_else(|p| p.into_inner()).extend(batch);
+            self.held
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(batch);
         }
     }
 }
@@ -1046,16 +1154,34 @@ pub async fn commit_sink_sees_each_stored_append_in_seq_order(store: Arc<dyn Sto
     let conflict = store
         .append(keyed(&[&chans[0]], "{\"keyed\":false}", "sink", &key))
         .await;
-    assert!(matches!(conflict, Err(StoreError::Conflict)), "{conflict:?}");
+    assert!(
+        matches!(conflict, Err(StoreError::Conflict)),
+        "{conflict:?}"
+    );
 
     let seen = sink.seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let handed: HashSet<String> = seen.iter().map(|(_, _, id)| id.clone()).collect();
-    assert_eq!(handed, stored, "every stored append, and only those, reached the sink");
+    assert_eq!(
+        handed, stored,
+        "every stored append, and only those, reached the sink"
+    );
     for ch in &chans {
-        let order: Vec<u64> = seen.iter().filter(|(c, _, _)| c == ch).map(|(_, s, _)| *s).collect();
+        let order: Vec<u64> = seen
+            .iter()
+            .filter(|(c, _, _)| c == ch)
+            .map(|(_, s, _)| *s)
+            .collect();
         let n = u64::try_from(order.len()).expect("small");
-        assert_eq!(order, (1..=n).collect::<Vec<_>>(), "{ch}: hand-off order must be seq order");
-        assert_eq!(seqs_of(&store, ch).await, (1..=n).collect::<Vec<_>>(), "{ch}: history");
+        assert_eq!(
+            order,
+            (1..=n).collect::<Vec<_>>(),
+            "{ch}: hand-off order must be seq order"
+        );
+        assert_eq!(
+            seqs_of(&store, ch).await,
+            (1..=n).collect::<Vec<_>>(),
+            "{ch}: history"
+        );
     }
 }
 
@@ -1076,13 +1202,24 @@ pub async fn commit_sink_holds_the_answer(store: Arc<dyn Store>) {
         async move { store.append(request(&[&ch], "{\"n\":2}")).await }
     });
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while sink.held.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
-        assert!(tokio::time::Instant::now() < deadline, "the sink never got the append");
+    while sink
+        .held
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .is_empty()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sink never got the append"
+        );
         tokio::task::yield_now().await;
     }
     // Committed (history shows it) but not answered while the sink holds it.
     assert_eq!(seqs_of(&store, &ch).await, vec![1, 2]);
-    assert!(!pending.is_finished(), "answered while the sink still held it");
+    assert!(
+        !pending.is_finished(),
+        "answered while the sink still held it"
+    );
     // Not through the sink: a duplicate is answered at once.
     let dup = append(&store, keyed(&[&ch], "{\"n\":1}", "hold", &key)).await;
     assert!(dup.duplicate);

@@ -27,8 +27,8 @@ mod writer;
 
 use crate::append::{self, Plan};
 use crate::{
-    AppendRequest, Appended, Claimed, History, OutboxDepth, OutboxItem, Settle, Store,
-    StoreConfig, StoreError, StoredMessage, now_ms,
+    AppendRequest, Appended, Claimed, History, OutboxDepth, OutboxItem, Settle, Store, StoreConfig,
+    StoreError, StoredMessage, now_ms,
 };
 use async_trait::async_trait;
 use bytes::Bytes;

@@ -29,8 +29,8 @@ mod writer;
 use crate::append::{self, Plan};
 use crate::commit::SinkSlot;
 use crate::{
-    AppendRequest, Appended, Claimed, History, OutboxDepth, OutboxItem, Settle, Store,
-    StoreConfig, StoreError, StoredMessage, now_ms,
+    AppendRequest, Appended, Claimed, History, OutboxDepth, OutboxItem, Settle, Store, StoreConfig,
+    StoreError, StoredMessage, now_ms,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
