@@ -62,20 +62,28 @@ bench_server_cleanup() {
     rm -rf "$dir"
 }
 
+# bench_header_common NAME BIN: waits for compilers (wait_for_builds), then
+# prints the first lines of every results header: date, commit, the build
+# times of the server binary NAME at BIN and of $loadgen, compilers, load.
+bench_header_common() {
+    local builds
+    builds=$(wait_for_builds)
+    echo "# date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "# commit: $(git -C "$root" rev-parse --short HEAD)"
+    echo "# binaries: $1 built $(date -u -r "$2" +%Y-%m-%dT%H:%M:%SZ), herald-loadgen $(date -u -r "$loadgen" +%Y-%m-%dT%H:%M:%SZ)"
+    echo "# compilers (rustc/cargo): $builds"
+    echo "# load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+}
+
 # bench_header OUT NAME BIN WHO EXTRA LOADGEN_ARGS...: waits for compilers
 # (wait_for_builds), then writes the results header to OUT and stdout. NAME
 # is the server binary's name, BIN its path, WHO how the command line names
 # the server's pid, EXTRA a line after the load average (none when empty).
 bench_header() {
-    local out=$1 name=$2 bin=$3 who=$4 extra=$5 builds
+    local out=$1 name=$2 bin=$3 who=$4 extra=$5
     shift 5
-    builds=$(wait_for_builds)
     {
-        echo "# date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-        echo "# commit: $(git -C "$root" rev-parse --short HEAD)"
-        echo "# binaries: $name built $(date -u -r "$bin" +%Y-%m-%dT%H:%M:%SZ), herald-loadgen $(date -u -r "$loadgen" +%Y-%m-%dT%H:%M:%SZ)"
-        echo "# compilers (rustc/cargo): $builds"
-        echo "# load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+        bench_header_common "$name" "$bin"
         if [ -n "$extra" ]; then echo "$extra"; fi
         echo "# command: herald-loadgen --pid <$who pid> $*"
     } | tee "$out"

@@ -296,13 +296,8 @@ NGINX
 esac
 
 # --- the run ---
-builds=$(wait_for_builds)
 {
-    echo "# date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-    echo "# commit: $(git -C "$root" rev-parse --short HEAD)"
-    echo "# binaries: herald built $(date -u -r "$herald" +%Y-%m-%dT%H:%M:%SZ), herald-loadgen $(date -u -r "$loadgen" +%Y-%m-%dT%H:%M:%SZ)"
-    echo "# compilers (rustc/cargo): $builds"
-    echo "# load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+    bench_header_common herald "$herald"
     echo "# topology: redis-server $(redis-server --version | grep -o 'v=[0-9.]*'), PostgreSQL $("$pgbin/postgres" --version | awk '{print $3}') ($pg_settings), 1 herald ingest (pid ${PID[ingest]}), $gw_desc"
     echo "# loadgen --url: $target${PID[nginx]:+ (nginx pid ${PID[nginx]}: /ws -> $gw_upstream, /v1/ -> ingest)}"
     echo "# command: herald-loadgen $url_desc --pid <ingest pid> $(for g in "${GW[@]}"; do printf -- '--pid <%s pid> ' "$g"; done)$*"
