@@ -52,6 +52,9 @@ def delivering_cpu(name: str, r: dict) -> tuple[float, float]:
 
 def delivery_row(name: str, r: dict, floor: dict | None) -> str:
     d = r["delivery"]
+    timed_out = floor is not None and "delivery" not in floor
+    if timed_out:
+        floor = None
     cpu, other = delivering_cpu(name, r)
     per = d["delivered"] / cpu if cpu else None
     fl = None
@@ -59,6 +62,8 @@ def delivery_row(name: str, r: dict, floor: dict | None) -> str:
         fcpu, _ = delivering_cpu("floor", floor)
         fl = floor["delivery"]["delivered"] / fcpu if fcpu else None
     frac = f"**{100 * per / fl:.1f} %**" if per and fl else "–"
+    if timed_out:
+        fl, frac = None, "floor timed out"
     ls = d["last_subscriber"]
     fls = floor["delivery"]["last_subscriber"] if floor else None
     lost = f'{d["lost"]} / {d["duplicates"]} / {d["reordered"]}'
@@ -73,7 +78,7 @@ def delivery_row(name: str, r: dict, floor: dict | None) -> str:
 
 def ramp_rows(name: str, r: dict, floor: dict | None) -> list[str]:
     rows = []
-    fsteps = {s["rate"]: s for s in (floor or {}).get("steps", [])}
+    fsteps = {s["rate"]: s for s in (floor or {}).get("steps") or []}
     for s in r.get("steps", []):
         d = s["delivery"]
         f = fsteps.get(s["rate"])
