@@ -209,6 +209,30 @@ pub(crate) fn seq_to_db(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+/// The webhook outbox's pending rows per endpoint, the same query on both
+/// backends ([`crate::Store::outbox_depth`]).
+pub(crate) const OUTBOX_DEPTH_SQL: &str =
+    "SELECT endpoint, count(*) AS n FROM webhook_outbox GROUP BY endpoint ORDER BY endpoint";
+
+/// Reads [`OUTBOX_DEPTH_SQL`]'s rows, whichever backend returned them.
+pub(crate) fn outbox_depth_rows<R>(rows: &[R]) -> Result<Vec<crate::OutboxDepth>, StoreError>
+where
+    R: sqlx::Row,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    rows.iter()
+        .map(|r| {
+            Ok(crate::OutboxDepth {
+                endpoint: r.try_get("endpoint")?,
+                pending: u64::try_from(r.try_get::<i64, _>("n")?).unwrap_or(0),
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()
+        .map_err(Into::into)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -322,20 +322,10 @@ impl Store for SqliteStore {
     }
 
     async fn outbox_depth(&self) -> Result<Vec<OutboxDepth>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT endpoint, count(*) AS n FROM webhook_outbox GROUP BY endpoint ORDER BY endpoint",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(OutboxDepth {
-                    endpoint: r.try_get("endpoint")?,
-                    pending: u64::try_from(r.try_get::<i64, _>("n")?).unwrap_or(0),
-                })
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()
-            .map_err(Into::into)
+        let rows = sqlx::query(crate::append::OUTBOX_DEPTH_SQL)
+            .fetch_all(&self.pool)
+            .await?;
+        crate::append::outbox_depth_rows(&rows)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
