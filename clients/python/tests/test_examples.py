@@ -247,10 +247,20 @@ class _Forward(http.server.BaseHTTPRequestHandler):
     client: TestClient
     lock = threading.Lock()
     actions: list[tuple[str, str]] = []  # (event type, what the bot did)
+    # Set (under `lock`) before the app shuts down: a webhook herald sends
+    # late must not enter the app while its TestClient closes (a request
+    # on the closing portal deadlocks its thread's join). Herald gets a 503
+    # and would retry.
+    closed = False
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's name)
         raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         with self.lock:
+            if self.closed:
+                self.send_response(503)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             resp = self.client.post(self.path, content=raw, headers=dict(self.headers.items()))
         body = resp.content
         if resp.status_code == 200:
@@ -285,40 +295,45 @@ def test_bot_driven_by_herald_webhooks(tmp_path: Any, monkeypatch: pytest.Monkey
     try:
         with TestClient(mod.app) as client:
             _Forward.client = client
+            _Forward.closed = False
             threading.Thread(target=server.serve_forever, daemon=True).start()
-            chat = chan("chat")
-            visitor = mint_token(dev.secret, sub="visitor:abc", allow_subscribe=[chat], allow_publish=[chat])
-            op = mint_token(dev.secret, sub="op:42", allow_subscribe=[chat], allow_publish=[chat])
-            with WS(dev.ws_url, visitor) as v, WS(dev.ws_url, op) as o:
-                v.welcome()
-                o.welcome()
-                v.subscribe(chat)
-                o.subscribe(chat)
-                sent = v.request("publish", channel=chat, data={"role": "user", "content": "hi, prices?"})
-                mine = v.message(chat)
-                assert mine["id"] == sent["result"]["id"]
-                reply = v.message(chat, timeout=30)
-                assert reply["from"] == "bot:ai" and reply["data"]["reply_to"] == mine["id"]
-                o.request("publish", channel=chat, data={"type": "handoff"})
-                assert v.message(chat)["from"] == "op:42"
-                announced = v.message(chat, timeout=30)
-                assert announced["from"] == "bot:ai" and announced["data"]["type"] == "handoff"
-                # After the handoff: the visitor's message, then the
-                # operator's answer, and no bot message between them.
-                v.request("publish", channel=chat, data={"role": "user", "content": "hello?"})
-                assert v.message(chat)["from"] == "visitor:abc"
-                # Its webhook was handled, and the bot stayed silent.
-                deadline = time.monotonic() + 30
-                while ("publish", "handed-off") not in _Forward.actions:
-                    assert time.monotonic() < deadline, f"bot actions: {_Forward.actions}"
-                    time.sleep(0.05)
-                with Herald(dev.api_url, dev.api_key) as h:
-                    # visitor, bot reply, handoff, bot's handoff event, visitor
-                    assert h.positions(chat) == {chat: 5}
-                o.request("publish", channel=chat, data={"role": "operator", "content": "here"})
-                nxt = v.message(chat)
-                assert nxt["from"] == "op:42", f"a message after the handoff that is not the operator's: {nxt}"
-                assert _Forward.actions.count(("publish", "replied")) == 1, _Forward.actions
+            try:
+                chat = chan("chat")
+                visitor = mint_token(dev.secret, sub="visitor:abc", allow_subscribe=[chat], allow_publish=[chat])
+                op = mint_token(dev.secret, sub="op:42", allow_subscribe=[chat], allow_publish=[chat])
+                with WS(dev.ws_url, visitor) as v, WS(dev.ws_url, op) as o:
+                    v.welcome()
+                    o.welcome()
+                    v.subscribe(chat)
+                    o.subscribe(chat)
+                    sent = v.request("publish", channel=chat, data={"role": "user", "content": "hi, prices?"})
+                    mine = v.message(chat)
+                    assert mine["id"] == sent["result"]["id"]
+                    reply = v.message(chat, timeout=30)
+                    assert reply["from"] == "bot:ai" and reply["data"]["reply_to"] == mine["id"]
+                    o.request("publish", channel=chat, data={"type": "handoff"})
+                    assert v.message(chat)["from"] == "op:42"
+                    announced = v.message(chat, timeout=30)
+                    assert announced["from"] == "bot:ai" and announced["data"]["type"] == "handoff"
+                    # After the handoff: the visitor's message, then the
+                    # operator's answer, and no bot message between them.
+                    v.request("publish", channel=chat, data={"role": "user", "content": "hello?"})
+                    assert v.message(chat)["from"] == "visitor:abc"
+                    # Its webhook was handled, and the bot stayed silent.
+                    deadline = time.monotonic() + 30
+                    while ("publish", "handed-off") not in _Forward.actions:
+                        assert time.monotonic() < deadline, f"bot actions: {_Forward.actions}"
+                        time.sleep(0.05)
+                    with Herald(dev.api_url, dev.api_key) as h:
+                        # visitor, bot reply, handoff, bot's handoff event, visitor
+                        assert h.positions(chat) == {chat: 5}
+                    o.request("publish", channel=chat, data={"role": "operator", "content": "here"})
+                    nxt = v.message(chat)
+                    assert nxt["from"] == "op:42", f"a message after the handoff that is not the operator's: {nxt}"
+                    assert _Forward.actions.count(("publish", "replied")) == 1, _Forward.actions
+            finally:
+                with _Forward.lock:
+                    _Forward.closed = True
     finally:
         server.shutdown()
         server.server_close()
