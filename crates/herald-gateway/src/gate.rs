@@ -81,10 +81,16 @@ impl Gate {
         self.lock().direct
     }
 
-    /// One fan-out done: `deliveries` frames handed out in `took`, directly
-    /// or not.
-    pub fn record(&self, deliveries: usize, took: Duration, direct: bool) {
-        self.record_at(Instant::now(), deliveries, took, direct);
+    /// One fan-out done: `deliveries` frames handed out since `started`,
+    /// directly or not (one clock read for both the cost and the window).
+    pub fn record(&self, deliveries: usize, started: Instant, direct: bool) {
+        let now = Instant::now();
+        self.record_at(
+            now,
+            deliveries,
+            now.saturating_duration_since(started),
+            direct,
+        );
     }
 
     fn record_at(&self, now: Instant, deliveries: usize, took: Duration, direct: bool) {

@@ -29,7 +29,7 @@ use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 const SHARDS: usize = 64;
@@ -660,10 +660,7 @@ impl Hub {
     fn on_ephemeral(&self, ch: &ChannelName, e: Ephemeral) {
         let shard = self.shard(ch.as_str());
         let Some(chan) = shard.get(ch) else { return };
-        let mut direct = DirectWrites::default();
-        let mode = self.gate.direct();
-        let started = std::time::Instant::now();
-        let mut n = 0;
+        let mut out = FanOut::start(&self.gate);
         // Ephemeral frames go to live subscribers only. Buffering ones are
         // mid-subscribe; they did not hold the channel when it was sent.
         for sub in &chan.subs {
@@ -674,13 +671,10 @@ impl Hub {
                 continue;
             }
             if let SubState::Live { .. } = sub.state {
-                let b = e.bytes(sub.conn.enc);
-                direct.add(hand_out(&sub.conn.outbox, b, mode), b.len());
-                n += 1;
+                out.hand(&sub.conn.outbox, e.bytes(sub.conn.enc));
             }
         }
-        direct.count(&self.sent);
-        self.gate.record(n, started.elapsed(), mode);
+        out.finish(&self.sent);
     }
 
     /// Number of shards, for walking the hub one shard at a time
@@ -851,21 +845,48 @@ impl<T: AsRef<str>> TopN<T> {
     }
 }
 
-/// Frames and bytes one fan-out wrote to sockets itself, counted once at
-/// its end (two counter updates per message rather than two per
-/// subscriber).
-#[derive(Default)]
-struct DirectWrites {
+/// One fan-out of one frame kind: hands each subscriber its frame by the
+/// path the gate chose for the whole fan-out (crate::gate), counts the
+/// frames and bytes it wrote to sockets itself once at the end (two counter
+/// updates per message rather than two per subscriber), and tells the gate
+/// what the fan-out cost.
+struct FanOut<'a> {
+    gate: &'a crate::gate::Gate,
+    direct: bool,
+    started: Instant,
+    handed: usize,
     frames: u64,
     bytes: u64,
 }
 
-impl DirectWrites {
-    fn add(&mut self, d: Delivered, len: usize) {
+impl<'a> FanOut<'a> {
+    fn start(gate: &'a crate::gate::Gate) -> Self {
+        Self {
+            gate,
+            direct: gate.direct(),
+            started: Instant::now(),
+            handed: 0,
+            frames: 0,
+            bytes: 0,
+        }
+    }
+
+    /// One frame to one connection: written at once when the fan-out is
+    /// direct and the connection idle ([`Outbox::deliver`]), else queued
+    /// for its writer.
+    fn hand(&mut self, outbox: &Outbox, frame: &Bytes) {
+        self.handed += 1;
+        let d = if self.direct {
+            outbox.deliver(frame.clone())
+        } else if outbox.push(frame.clone()) {
+            Delivered::Queued
+        } else {
+            Delivered::Refused
+        };
         match d {
             Delivered::Written => {
                 self.frames += 1;
-                self.bytes += len as u64;
+                self.bytes += frame.len() as u64;
             }
             // The writer counts the frame (and the rest of its bytes).
             Delivered::Partial(n) => self.bytes += n as u64,
@@ -873,25 +894,14 @@ impl DirectWrites {
         }
     }
 
-    fn count(&self, sent: &m::Sent) {
+    fn finish(self, sent: &m::Sent) {
         if self.frames > 0 {
             sent.frames.increment(self.frames);
         }
         if self.bytes > 0 {
             sent.bytes.increment(self.bytes);
         }
-    }
-}
-
-/// One frame to one connection: written at once when `direct` and the
-/// connection is idle ([`Outbox::deliver`]), else queued for its writer.
-fn hand_out(outbox: &Outbox, frame: &Bytes, direct: bool) -> Delivered {
-    if direct {
-        outbox.deliver(frame.clone())
-    } else if outbox.push(frame.clone()) {
-        Delivered::Queued
-    } else {
-        Delivered::Refused
+        self.gate.record(self.handed, self.started, self.direct);
     }
 }
 
@@ -904,17 +914,12 @@ fn deliver_message(
 ) {
     let lag = (herald_protocol::now_ms() - msg.ts).max(0);
     m::delivery_lag().record(lag as f64 / 1000.0);
-    let mode = gate.direct();
-    let started = std::time::Instant::now();
-    let mut n = 0;
-    let mut direct = DirectWrites::default();
+    let mut out = FanOut::start(gate);
     for sub in &mut chan.subs {
         match &mut sub.state {
             SubState::Live { after } => {
                 if msg.seq > *after {
-                    let b = msg.bytes(sub.conn.enc);
-                    direct.add(hand_out(&sub.conn.outbox, b, mode), b.len());
-                    n += 1;
+                    out.hand(&sub.conn.outbox, msg.bytes(sub.conn.enc));
                 }
             }
             SubState::Buffering { buf, bytes } => {
@@ -930,8 +935,7 @@ fn deliver_message(
             }
         }
     }
-    direct.count(sent);
-    gate.record(n, started.elapsed(), mode);
+    out.finish(sent);
 }
 
 struct HubHandler(Weak<Hub>);
