@@ -10,7 +10,7 @@
 //! shell cannot change what is measured (flags only).
 
 use anyhow::{Context, bail};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -50,9 +50,8 @@ pub struct DevServer {
     child: Child,
     pid: u32,
     dir: PathBuf,
-    /// Its one listener (`--listen`): `/ws`, `/v1/*` and `/healthz`.
-    addr: SocketAddr,
-    /// Where it listens, with the secrets it was given.
+    /// Where it listens (one listener: `/ws`, `/v1/*` and `/healthz`),
+    /// with the secrets it was given.
     pub target: Target,
 }
 
@@ -134,7 +133,6 @@ impl DevServer {
             child,
             pid,
             dir: dir.to_path_buf(),
-            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
             target,
         })
     }
@@ -148,9 +146,8 @@ impl DevServer {
                     self.log_tail(TAIL_LINES)
                 );
             }
-            // The process we started, on the one port it was given (not
-            // any address a Target may list): that is what must be up.
-            if healthz(self.addr).await {
+            // The process we started: its target is its one listener.
+            if healthz(self.target.ws_addr(0)).await {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
