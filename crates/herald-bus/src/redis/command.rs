@@ -85,27 +85,31 @@ impl CommandConn {
     /// timeout, or an immediate [`BusError::Unavailable`] while the
     /// connection is being rebuilt.
     pub(crate) async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T, BusError> {
-        let Some((conn, generation)) = self.inner.watched.current() else {
-            return Err(BusError::Unavailable(
-                "redis command connection is being rebuilt".into(),
-            ));
-        };
-        let outcome = conn.query(cmd).await;
-        self.inner.observe(generation, &outcome);
-        outcome.map_err(BusError::from)
+        self.observed(|conn| async move { conn.query(cmd).await })
+            .await
     }
 
-    /// Sends a pipeline and reads its replies (one request for the bound
-    /// and the health count: a timeout counts as one link failure), or an
+    /// Sends a pipeline and reads its replies: one request for the bound
+    /// and the health count (a timeout counts as one link failure), or an
     /// immediate [`BusError::Unavailable`] while the connection is being
     /// rebuilt.
     pub(crate) async fn query_pipeline(&self, pipe: &Pipeline) -> Result<(), BusError> {
+        self.observed(|conn| async move { conn.query_pipeline(pipe).await })
+            .await
+    }
+
+    /// Runs one request on the current connection and counts its outcome
+    /// for the health check (which rebuilds a failing link).
+    async fn observed<T, F>(&self, request: impl FnOnce(Conn) -> F) -> Result<T, BusError>
+    where
+        F: std::future::Future<Output = Result<T, Failure>>,
+    {
         let Some((conn, generation)) = self.inner.watched.current() else {
             return Err(BusError::Unavailable(
                 "redis command connection is being rebuilt".into(),
             ));
         };
-        let outcome = conn.query_pipeline(pipe).await;
+        let outcome = request(conn).await;
         self.inner.observe(generation, &outcome);
         outcome.map_err(BusError::from)
     }
