@@ -1453,7 +1453,7 @@ mod tests {
                 // A reply, say: always queued.
                 assert!(o.push(frame(i)));
             } else {
-                match o.deliver(frame(i)) {
+                match o.deliver(&frame(i)) {
                     Delivered::Written => written += 1,
                     Delivered::Partial(_) | Delivered::Queued => queued += 1,
                     Delivered::Refused => panic!("refused frame {i}"),

@@ -46,15 +46,19 @@ const FILL_BACKOFF_MAX: Duration = Duration::from_secs(2);
 const CATCHUP_CONCURRENCY: usize = 64;
 
 /// What the hub knows of a connection: enough to hand it frames.
+/// `repr(C)` with the outbox first: fan-out reads nothing else of it per
+/// delivery (the encoding is copied into the channel's [`Sub`]), so the
+/// lock and direct-write state sit at the start of the allocation.
+#[repr(C)]
 pub struct ConnHandle {
+    /// Its outbound queue.
+    pub outbox: Outbox,
     /// Process-unique number (table key).
     pub num: u64,
     /// The connection id shown to clients (`c_...`).
     pub id: Arc<str>,
     /// The connection's encoding.
     pub enc: Encoding,
-    /// Its outbound queue.
-    pub outbox: Outbox,
     /// Who it is in presence; set once the token is verified.
     pub client: OnceLock<ClientInfo>,
 }
@@ -209,6 +213,9 @@ enum SubState {
 
 struct Sub {
     conn: Arc<ConnHandle>,
+    /// `conn.enc`, here so that the fan-out loop, which walks this
+    /// contiguous array, need not read the handle for it.
+    enc: Encoding,
     presence: bool,
     state: SubState,
 }
@@ -348,6 +355,7 @@ impl Hub {
         }
         chan.subs.push(Sub {
             conn: conn.clone(),
+            enc: conn.enc,
             presence,
             state: SubState::Buffering {
                 buf: Vec::new(),
@@ -671,7 +679,7 @@ impl Hub {
                 continue;
             }
             if let SubState::Live { .. } = sub.state {
-                out.hand(&sub.conn.outbox, e.bytes(sub.conn.enc));
+                out.hand(&sub.conn.outbox, e.bytes(sub.enc));
             }
         }
         out.finish(&self.sent);
@@ -877,7 +885,7 @@ impl<'a> FanOut<'a> {
     fn hand(&mut self, outbox: &Outbox, frame: &Bytes) {
         self.handed += 1;
         let d = if self.direct {
-            outbox.deliver(frame.clone())
+            outbox.deliver(frame)
         } else if outbox.push(frame.clone()) {
             Delivered::Queued
         } else {
@@ -905,6 +913,9 @@ impl<'a> FanOut<'a> {
     }
 }
 
+/// Subscribers whose outboxes a direct fan-out reads ahead at once.
+const TOUCH_AHEAD: usize = 8;
+
 fn deliver_message(
     chan: &mut Channel,
     msg: &Msg,
@@ -915,15 +926,27 @@ fn deliver_message(
     let lag = (herald_protocol::now_ms() - msg.ts).max(0);
     m::delivery_lag().record(lag as f64 / 1000.0);
     let mut out = FanOut::start(gate);
-    for sub in &mut chan.subs {
+    for i in 0..chan.subs.len() {
+        if out.direct && i % TOUCH_AHEAD == 0 {
+            // Direct writes: each subscriber's first read is its outbox's
+            // lock word, a cache miss after the kernel's send path has run
+            // over the caches. Reading the next few together lets those
+            // misses overlap (a syscall's entry waits for pending loads, so
+            // one at a time they would not).
+            let end = (i + TOUCH_AHEAD).min(chan.subs.len());
+            for s in &chan.subs[i..end] {
+                s.conn.outbox.touch();
+            }
+        }
+        let sub = &mut chan.subs[i];
         match &mut sub.state {
             SubState::Live { after } => {
                 if msg.seq > *after {
-                    out.hand(&sub.conn.outbox, msg.bytes(sub.conn.enc));
+                    out.hand(&sub.conn.outbox, msg.bytes(sub.enc));
                 }
             }
             SubState::Buffering { buf, bytes } => {
-                let b = msg.bytes(sub.conn.enc).clone();
+                let b = msg.bytes(sub.enc).clone();
                 *bytes += b.len();
                 if *bytes > max_buffer {
                     sub.conn
