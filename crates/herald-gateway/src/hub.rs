@@ -12,7 +12,7 @@
 //!   the same `Bytes` (DESIGN.md performance model). Fan-out hands them to
 //!   [`Outbox::deliver`], which writes an idle connection's socket at once
 //!   (one non-blocking `write(2)`, no task wake-up) and queues otherwise;
-//!   when direct sends would take more than half a thread, fan-out queues
+//!   when direct sends would take most of a thread, fan-out queues
 //!   every frame for the connections' writers instead (crate::gate).
 //! - No await while a shard lock is held; locks are std mutexes.
 
