@@ -1,251 +1,42 @@
 /**
  * Real processes for the integration tests: `herald dev`, or a private
  * `redis-server` with `herald ingest`, two `herald gateway`s and a private
- * nginx in front of them (as crates/herald-testkit/src/nginx.rs does), on
- * free 127.0.0.1 ports in a fresh temporary directory, stopped by PID (and
- * the directory removed) afterwards. Between the SDK and the server sits a
+ * nginx in front of them (as crates/herald-testkit/src/nginx.rs does),
+ * started by the shared test support (clients/testing/harness.mts: free
+ * 127.0.0.1 ports, a fresh temporary directory, stopped by PID afterwards,
+ * readiness polled with a deadline). Between the SDK and the server sits a
  * small TCP proxy of our own ({@link TcpProxy}) that can sever, stall or
  * refuse connections. Nothing is mocked: the SDK talks to the herald binary.
  *
- * The binary comes from `HERALD_BIN` or `<repo>/target/debug/herald`; a
- * missing one (or a missing redis-server or nginx) fails the suite with a
- * message saying how to get it. Readiness is polled with a deadline, never
- * waited for with a fixed sleep.
- *
- * Adapted from clients/node/test/harness.ts.
+ * This file holds what is @herald/client's own: its credentials and tokens,
+ * the backend's ingest calls, the proxy, nginx, and the restartable
+ * {@link DevServer} and {@link Cluster} handles. A missing herald binary,
+ * redis-server or nginx fails the suite with a message saying how to get it.
  */
 
-import { spawn, spawnSync, type ChildProcess } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import { createHmac } from "node:crypto";
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, writeFileSync } from "node:fs";
 import { createConnection, createServer, type Server, type Socket } from "node:net";
-import { tmpdir } from "node:os";
-import { dirname, join, resolve } from "node:path";
-import { setTimeout as sleep } from "node:timers/promises";
-import { fileURLToPath } from "node:url";
+import { join } from "node:path";
 
-/** clients/js (this file runs from clients/js/dist-test). */
-export const PKG_DIR = resolve(dirname(fileURLToPath(import.meta.url)), "..");
-/** The repository root. */
-export const REPO_DIR = resolve(PKG_DIR, "..", "..");
+import {
+  Fatal,
+  Proc,
+  ProcGroup,
+  READY_DEADLINE_MS,
+  eventually,
+  freePort,
+  heraldBin,
+  launchDev,
+  launchGateway,
+  startRedisAndIngest,
+  startWithRetry,
+  tempDir,
+  type GatewayConfig,
+} from "../../testing/harness.mjs";
 
-/** How long a process gets to become ready. Generous: 2 shared cores. */
-const READY_DEADLINE_MS = 30_000;
-/** How long a process gets to exit after SIGTERM before SIGKILL. */
-const STOP_GRACE_MS = 5_000;
-
-/** The herald binary; throws with instructions when missing. */
-export function heraldBin(): string {
-  const bin = process.env.HERALD_BIN ?? join(REPO_DIR, "target", "debug", "herald");
-  if (!existsSync(bin)) {
-    throw new Error(
-      `herald binary not found at ${bin}: build it with ` +
-        "`cargo build -p herald --bin herald` in the repository, or set HERALD_BIN",
-    );
-  }
-  return bin;
-}
-
-/** An error `eventually` does not retry: the thing waited for died. */
-export class Fatal extends Error {}
-
-/**
- * Waits until `check` returns a value other than undefined; throws at the
- * deadline, or at once when `check` throws {@link Fatal}.
- */
-export async function eventually<T>(
-  what: string,
-  check: () => Promise<T | undefined> | T | undefined,
-  deadlineMs = 10_000,
-): Promise<T> {
-  const end = Date.now() + deadlineMs;
-  let delay = 10;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await check();
-      if (v !== undefined) {
-        return v;
-      }
-    } catch (e) {
-      if (e instanceof Fatal) {
-        throw e;
-      }
-      last = e;
-    }
-    if (Date.now() > end) {
-      throw new Error(`timed out after ${deadlineMs} ms waiting for ${what}${last ? `: ${String(last)}` : ""}`);
-    }
-    await sleep(delay);
-    delay = Math.min(delay * 2, 200);
-  }
-}
-
-/** A free TCP port on 127.0.0.1 (free when asked; see startWithRetry). */
-export async function freePort(): Promise<number> {
-  const srv = createServer();
-  await new Promise<void>((ok, fail) => {
-    srv.once("error", fail);
-    srv.listen(0, "127.0.0.1", ok);
-  });
-  const addr = srv.address();
-  await new Promise<void>((ok) => srv.close(() => ok()));
-  if (addr === null || typeof addr === "string") {
-    throw new Error("no port");
-  }
-  return addr.port;
-}
-
-const running = new Set<ChildProcess>();
-// A test run that dies halfway must not leave servers behind.
-process.on("exit", () => {
-  for (const c of running) {
-    if (c.pid !== undefined && c.exitCode === null && c.signalCode === null) {
-      try {
-        process.kill(c.pid, "SIGKILL");
-      } catch {
-        // Already gone.
-      }
-    }
-  }
-});
-
-/**
- * A `sh` that SIGKILLs `child` when this test process dies in a way that
- * runs no handler (SIGKILL, a runner timeout): it blocks reading a pipe from
- * us, which the kernel closes when we die; then it removes the process's
- * temporary directory. Killed itself once `child` has exited, so it never
- * signals a reused PID.
- */
-function guard(child: ChildProcess, dir: string): ChildProcess | undefined {
-  if (child.pid === undefined) {
-    return undefined;
-  }
-  const script = 'read _ignored; kill -KILL "$1" 2>/dev/null; sleep 0.2; rm -rf "$2"';
-  const g = spawn("sh", ["-c", script, "herald-js-guardian", String(child.pid), dir], {
-    stdio: ["pipe", "ignore", "ignore"],
-  });
-  g.on("error", () => undefined);
-  // Neither the guardian nor its pipe may keep the test process alive.
-  g.unref();
-  (g.stdin as unknown as { unref?: () => void } | null)?.unref?.();
-  return g;
-}
-
-/** A child process with its output kept for error messages. */
-export class Proc {
-  readonly name: string;
-  readonly child: ChildProcess;
-  readonly exited: Promise<void>;
-  #log = "";
-
-  constructor(name: string, cmd: string, args: string[], cwd: string) {
-    this.name = name;
-    // The flags say everything; a HERALD_* variable of the caller's
-    // environment must not change the servers under test.
-    const env: NodeJS.ProcessEnv = {};
-    for (const [k, v] of Object.entries(process.env)) {
-      if (!k.startsWith("HERALD_")) {
-        env[k] = v;
-      }
-    }
-    this.child = spawn(cmd, args, { cwd, env, stdio: ["ignore", "pipe", "pipe"] });
-    running.add(this.child);
-    const guardian = guard(this.child, cwd);
-    const keep = (b: Buffer): void => {
-      this.#log = (this.#log + b.toString("utf8")).slice(-8_000);
-    };
-    this.child.stdout?.on("data", keep);
-    this.child.stderr?.on("data", keep);
-    this.exited = new Promise((ok) => {
-      this.child.once("exit", () => {
-        running.delete(this.child);
-        guardian?.kill("SIGKILL");
-        ok();
-      });
-      this.child.once("error", (e) => {
-        this.#log += `\nspawn failed: ${e.message}`;
-        running.delete(this.child);
-        ok();
-      });
-    });
-  }
-
-  get alive(): boolean {
-    return this.child.exitCode === null && this.child.signalCode === null && running.has(this.child);
-  }
-
-  get log(): string {
-    return this.#log;
-  }
-
-  /** Sends `sig` to the process by its PID. */
-  signal(sig: NodeJS.Signals): void {
-    if (this.child.pid !== undefined && this.alive) {
-      process.kill(this.child.pid, sig);
-    }
-  }
-
-  /** SIGTERM, then SIGKILL if it has not exited within the grace period. */
-  async stop(): Promise<void> {
-    if (!this.alive) {
-      return;
-    }
-    this.signal("SIGTERM");
-    const t = setTimeout(() => this.signal("SIGKILL"), STOP_GRACE_MS);
-    await this.exited;
-    clearTimeout(t);
-  }
-
-  /** SIGKILL, for fault tests. */
-  async kill(): Promise<void> {
-    this.signal("SIGKILL");
-    await this.exited;
-  }
-}
-
-/** Polls `url` until it answers 200; fails early if `proc` exits. */
-async function waitHttp(proc: Proc, url: string): Promise<void> {
-  await eventually(
-    `${proc.name} at ${url}`,
-    async () => {
-      if (!proc.alive) {
-        throw new Fatal(`${proc.name} exited:\n${proc.log}`);
-      }
-      const r = await fetch(url, { signal: AbortSignal.timeout(1_000) });
-      await r.arrayBuffer();
-      return r.status === 200 ? true : undefined;
-    },
-    READY_DEADLINE_MS,
-  ).catch((e: unknown) => {
-    throw e instanceof Fatal ? e : new Error(`${String(e)}\n--- ${proc.name} log ---\n${proc.log}`);
-  });
-}
-
-/**
- * Starts a process on ports picked by `freePort`; another program may take
- * such a port between the pick and the bind, so a start whose process exits
- * complaining it cannot listen is tried again with new ports.
- */
-async function startWithRetry<T>(start: () => Promise<T>): Promise<T> {
-  for (let attempt = 1; ; attempt++) {
-    try {
-      return await start();
-    } catch (e) {
-      const msg = String(e);
-      if (attempt >= 3 || !/cannot listen|address already in use|Address in use/i.test(msg)) {
-        throw e;
-      }
-    }
-  }
-}
-
-/** A temporary directory, removed by the returned function. */
-export function tempDir(): { dir: string; remove: () => void } {
-  const dir = mkdtempSync(join(tmpdir(), "herald-js-sdk-"));
-  return { dir, remove: () => rmSync(dir, { recursive: true, force: true }) };
-}
-
+export { eventually, uniq } from "../../testing/harness.mjs";
 
 export const JWT_SECRET = "js-sdk-test-secret";
 export const API_KEY = "js-sdk-test-key";
@@ -510,27 +301,12 @@ export class DevServer {
       ...extra,
     ];
     try {
-      const { proc, port } = await DevServer.#launch(tmp.dir, args);
+      const { proc, port } = await launchDev(tmp.dir, args);
       return new DevServer(tmp, args, proc, port);
     } catch (e) {
       tmp.remove();
       throw e;
     }
-  }
-
-  static async #launch(dir: string, args: string[]): Promise<{ proc: Proc; port: number }> {
-    const bin = heraldBin();
-    return startWithRetry(async () => {
-      const port = await freePort();
-      const proc = new Proc("herald dev", bin, ["dev", "--listen", `127.0.0.1:${port}`, ...args], dir);
-      try {
-        await waitHttp(proc, `http://127.0.0.1:${port}/healthz`);
-      } catch (e) {
-        await proc.stop();
-        throw e;
-      }
-      return { proc, port };
-    });
   }
 
   get port(): number {
@@ -553,7 +329,7 @@ export class DevServer {
   /** Starts again on a new port with the same database. */
   async restart(): Promise<void> {
     await this.#proc.stop();
-    const { proc, port } = await DevServer.#launch(this.#tmp.dir, this.#args);
+    const { proc, port } = await launchDev(this.#tmp.dir, this.#args);
     this.#proc = proc;
     this.#port = port;
   }
@@ -575,27 +351,6 @@ function devKnowsNoBot(): boolean {
 }
 
 // ---- redis, ingest, two gateways and nginx -----------------------------------
-
-/** Whether a Redis at `port` answers PING. */
-async function redisPing(port: number): Promise<boolean> {
-  return new Promise((ok) => {
-    const s = createConnection({ host: "127.0.0.1", port });
-    let got = "";
-    const done = (v: boolean): void => {
-      s.destroy();
-      ok(v);
-    };
-    s.setTimeout(1_000, () => done(false));
-    s.on("error", () => done(false));
-    s.on("connect", () => s.write("PING\r\n"));
-    s.on("data", (b) => {
-      got += b.toString();
-      if (got.includes("\r\n")) {
-        done(got.startsWith("+PONG"));
-      }
-    });
-  });
-}
 
 /** Whether something accepts TCP connections on `port`. */
 async function accepts(port: number): Promise<boolean> {
@@ -640,24 +395,22 @@ export class Cluster {
   readonly apiUrl: string;
   readonly gateways: Gateway[];
   readonly nginxPort: number;
-  readonly #tmp: { dir: string; remove: () => void };
-  readonly #others: Proc[];
-  readonly #gatewayArgs: (node: string, port: number, admin: number) => string[];
+  /** Redis, ingest and nginx (not the gateways, which restart) and the directory. */
+  readonly #group: ProcGroup;
+  readonly #gatewayConfig: GatewayConfig;
 
   private constructor(
-    tmp: { dir: string; remove: () => void },
+    group: ProcGroup,
     apiUrl: string,
     gateways: Gateway[],
     nginxPort: number,
-    others: Proc[],
-    gatewayArgs: (node: string, port: number, admin: number) => string[],
+    gatewayConfig: GatewayConfig,
   ) {
-    this.#tmp = tmp;
+    this.#group = group;
     this.apiUrl = apiUrl;
     this.gateways = gateways;
     this.nginxPort = nginxPort;
-    this.#others = others;
-    this.#gatewayArgs = gatewayArgs;
+    this.#gatewayConfig = gatewayConfig;
   }
 
   /** `ws://` of nginx. */
@@ -674,100 +427,32 @@ export class Cluster {
   }
 
   static async start(extraGatewayArgs: string[] = []): Promise<Cluster> {
-    const bin = heraldBin();
+    // A missing binary fails before anything starts.
+    heraldBin();
     const nginx = nginxBin();
-    const tmp = tempDir();
-    const procs: Proc[] = [];
-    const stopAll = async (): Promise<void> => {
-      for (const p of procs.reverse()) {
-        await p.stop();
-      }
-      tmp.remove();
-    };
+    const group = new ProcGroup();
+    const gateways: Gateway[] = [];
     try {
-      const redisBin = process.env.REDIS_SERVER ?? "redis-server";
-      const redisPort = await startWithRetry(async () => {
-        const port = await freePort();
-        const redis = new Proc(
-          "redis-server",
-          redisBin,
-          ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", tmp.dir],
-          tmp.dir,
-        );
-        procs.push(redis);
-        try {
-          await eventually(
-            `redis-server on ${port}`,
-            async () => {
-              if (!redis.alive) {
-                throw new Fatal(`redis-server exited (is Debian's redis-server package installed?):\n${redis.log}`);
-              }
-              return (await redisPing(port)) ? true : undefined;
-            },
-            READY_DEADLINE_MS,
-          );
-        } catch (e) {
-          await redis.stop();
-          procs.pop();
-          throw e instanceof Fatal ? e : new Error(`${String(e)}\n--- redis-server log ---\n${redis.log}`);
-        }
-        return port;
-      });
-      const redisUrl = `redis://127.0.0.1:${redisPort}`;
-
-      const ingestUrl = await startWithRetry(async () => {
-        const [port, admin] = [await freePort(), await freePort()];
-        const p = new Proc(
-          "herald ingest",
-          bin,
-          [
-            "ingest",
-            "--listen", `127.0.0.1:${port}`,
-            "--admin-listen", `127.0.0.1:${admin}`,
-            "--redis-url", redisUrl,
-            "--database-url", `sqlite://${join(tmp.dir, "h.db")}`,
-            "--api-key", API_KEY,
-            "--node-id", "ingest-1",
-          ],
-          tmp.dir,
-        );
-        procs.push(p);
-        try {
-          await waitHttp(p, `http://127.0.0.1:${admin}/healthz`);
-        } catch (e) {
-          await p.stop();
-          procs.pop();
-          throw e;
-        }
-        return `http://127.0.0.1:${port}`;
-      });
-
-      const gatewayArgs = (node: string, port: number, admin: number): string[] => [
-        "gateway",
-        "--listen", `127.0.0.1:${port}`,
-        "--admin-listen", `127.0.0.1:${admin}`,
-        "--redis-url", redisUrl,
-        "--ingest-url", ingestUrl,
-        "--jwt-secret", JWT_SECRET,
-        "--api-key", API_KEY,
-        "--node-id", node,
-        "--drain-window", "1",
-        ...extraGatewayArgs,
-      ];
-      const gateways: Gateway[] = [];
+      const { redisUrl, ingestUrl } = await startRedisAndIngest(group, API_KEY);
+      const gatewayConfig: GatewayConfig = {
+        redisUrl,
+        ingestUrl,
+        jwtSecret: JWT_SECRET,
+        apiKey: API_KEY,
+        extra: extraGatewayArgs,
+      };
       for (const node of ["gw-1", "gw-2"]) {
         const g = await startWithRetry(async () => {
           const port = await freePort();
-          const proc = await Cluster.#launchGateway(bin, tmp.dir, node, port, gatewayArgs);
+          const proc = await launchGateway(group.dir, node, port, gatewayConfig);
           return { node, port, proc };
         });
-        procs.push(g.proc);
         gateways.push(g);
       }
 
       const nginxPort = await startWithRetry(async () => {
         const port = await freePort();
-        const d = tmp.dir;
+        const d = group.dir;
         const servers = gateways.map((g) => `        server 127.0.0.1:${g.port} max_fails=0;\n`).join("");
         const conf =
           `master_process off;\ndaemon off;\nworker_processes 1;\npid ${d}/nginx.pid;\nerror_log ${d}/nginx-error.log info;\n` +
@@ -784,7 +469,6 @@ export class Cluster {
         const confPath = join(d, "nginx.conf");
         writeFileSync(confPath, conf);
         const p = new Proc("nginx", nginx, ["-p", d, "-e", join(d, "nginx-error.log"), "-c", confPath], d);
-        procs.push(p);
         try {
           await eventually(
             `nginx on ${port}`,
@@ -798,36 +482,25 @@ export class Cluster {
           );
         } catch (e) {
           await p.stop();
-          procs.pop();
           throw e instanceof Fatal ? new Error(`cannot listen: ${e.message}`) : e;
         }
+        group.add(p);
         return port;
       });
 
-      const others = procs.filter((p) => !gateways.some((g) => g.proc === p));
-      return new Cluster(tmp, ingestUrl, gateways, nginxPort, others, gatewayArgs);
+      return new Cluster(group, ingestUrl, gateways, nginxPort, gatewayConfig);
     } catch (e) {
-      await stopAll();
+      await Cluster.#stop(gateways, group);
       throw e;
     }
   }
 
-  static async #launchGateway(
-    bin: string,
-    dir: string,
-    node: string,
-    port: number,
-    gatewayArgs: (node: string, port: number, admin: number) => string[],
-  ): Promise<Proc> {
-    const admin = await freePort();
-    const p = new Proc(`herald gateway ${node}`, bin, gatewayArgs(node, port, admin), dir);
-    try {
-      await waitHttp(p, `http://127.0.0.1:${admin}/healthz`);
-    } catch (e) {
-      await p.stop();
-      throw e;
+  /** The gateways first, then nginx, ingest and Redis; removes the directory. */
+  static async #stop(gateways: Gateway[], group: ProcGroup): Promise<void> {
+    for (const g of gateways) {
+      await g.proc.stop();
     }
-    return p;
+    await group.stop();
   }
 
   /** Starts a gateway that was killed or drained again, on its old port. */
@@ -836,23 +509,12 @@ export class Cluster {
     if (g.proc.alive) {
       await g.proc.stop();
     }
-    g.proc = await Cluster.#launchGateway(heraldBin(), this.#tmp.dir, node, g.port, this.#gatewayArgs);
+    g.proc = await launchGateway(this.#group.dir, node, g.port, this.#gatewayConfig);
   }
 
   async stop(): Promise<void> {
-    for (const g of this.gateways) {
-      await g.proc.stop();
-    }
-    for (const p of [...this.#others].reverse()) {
-      await p.stop();
-    }
-    this.#tmp.remove();
+    await Cluster.#stop(this.gateways, this.#group);
   }
-}
-
-/** A channel name no other test uses (never `chat_`: the dev demo's backend watches those). */
-export function uniq(prefix: string): string {
-  return `${prefix}${Date.now().toString(36)}${Math.random().toString(36).slice(2, 8)}`;
 }
 
 /** The `exp` claim (seconds) of a token minted here. */

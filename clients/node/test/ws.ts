@@ -1,6 +1,6 @@
 /**
  * A test-side WebSocket client on Node's global `WebSocket` (undici; behind
- * `--experimental-websocket` on Node 20, which tools/run-tests.mjs passes).
+ * `--experimental-websocket` on Node 20, which clients/testing/run-tests.mjs passes).
  * Frames are read as plain JSON values, not through any SDK type, so a
  * shape mistake in the SDK cannot hide itself. Every wait has a deadline.
  */
@@ -28,7 +28,7 @@ type WsCtor = new (url: string, protocols?: string | string[]) => WsLike;
 function ctor(): WsCtor {
   const c = (globalThis as { WebSocket?: WsCtor }).WebSocket;
   if (c === undefined) {
-    throw new Error("no global WebSocket: run the tests with `node --experimental-websocket` (tools/run-tests.mjs does)");
+    throw new Error("no global WebSocket: run the tests with `node --experimental-websocket` (clients/testing/run-tests.mjs does)");
   }
   return c;
 }
