@@ -937,6 +937,9 @@ fn deliver_message(
             for s in &chan.subs[i..end] {
                 s.conn.outbox.touch();
             }
+            for s in &chan.subs[i..end] {
+                s.conn.outbox.touch_socket();
+            }
         }
         let sub = &mut chan.subs[i];
         match &mut sub.state {

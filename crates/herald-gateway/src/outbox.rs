@@ -213,6 +213,18 @@ impl Outbox {
         std::hint::black_box(self.state.is_poisoned());
     }
 
+    /// Reads what a direct write will read after the lock: the socket's
+    /// handle and its file descriptor (two more allocations). Skipped when
+    /// the lock is taken (the writer is at work; nothing to gain).
+    pub fn touch_socket(&self) {
+        if let Ok(s) = self.state.try_lock()
+            && let Some(sock) = &s.sock
+        {
+            let tcp: &tokio::net::TcpStream = (**sock).as_ref();
+            std::hint::black_box(std::os::fd::AsRawFd::as_raw_fd(tcp));
+        }
+    }
+
     /// Whether a frame of `len` bytes may be queued; past the bound the
     /// connection is marked for close 4008 (and its queue dropped).
     fn admit(&self, s: &mut State, len: usize) -> bool {
