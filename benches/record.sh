@@ -26,7 +26,8 @@ bin=/tmp/herald-bin-$commit
 if [ ! -x "$bin/herald" ] || [ ! -x "$bin/herald-loadgen" ] || [ ! -x "$bin/herald-floor" ]; then
     cargo build --release --locked -j2 -p herald -p herald-loadgen -p herald-floor
     mkdir -p "$bin"
-    cp target/release/herald target/release/herald-loadgen target/release/herald-floor "$bin/"
+    rel=${CARGO_TARGET_DIR:-target}/release
+    cp "$rel/herald" "$rel/herald-loadgen" "$rel/herald-floor" "$bin/"
 fi
 export HERALD_BIN=$bin/herald LOADGEN_BIN=$bin/herald-loadgen FLOOR_BIN=$bin/herald-floor
 # Every topology run has one gateway unless its line says otherwise, even
