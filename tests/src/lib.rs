@@ -18,10 +18,15 @@
 //! - [`Api`]: the ingest HTTP API (PROTOCOL.md section 8) through reqwest.
 //! - msgpack: [`json_to_mp`], [`mp_to_json`] (strict: a value with no JSON
 //!   form is an error, as PROTOCOL.md section 5a demands of the server).
+//! - [`LogsOnPanic`]: the tail of each herald log of a topology when a
+//!   test panics.
+//! - browser: [`browser_prerequisites`], [`run_browser_script`] (the
+//!   `tests/browser` scripts in headless Chromium).
 //!
 //! Every wait here has a deadline; nothing sleeps for a fixed time.
 
 use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -66,6 +71,52 @@ pub fn dev_options(args: &[&str]) -> HeraldOptions {
 /// Starts `herald dev` with extra CLI arguments and waits until it is ready.
 pub async fn start_dev(args: &[&str]) -> HeraldProcess {
     HeraldProcess::start(dev_options(args)).await
+}
+
+/// On panic, prints the last `tail` lines of each named herald log
+/// (`HeraldProcess` writes `<dir>/herald.log`). Declare it after the
+/// processes: it must drop before their temp dirs.
+#[derive(Debug)]
+pub struct LogsOnPanic {
+    tail: usize,
+    logs: Vec<(String, PathBuf)>,
+}
+
+impl LogsOnPanic {
+    /// A guard printing `tail` lines of each of `nodes`' logs.
+    pub fn new(tail: usize, nodes: &[(&str, &HeraldProcess)]) -> LogsOnPanic {
+        let mut guard = LogsOnPanic {
+            tail,
+            logs: Vec::new(),
+        };
+        for (name, p) in nodes {
+            guard.add(name, p);
+        }
+        guard
+    }
+
+    /// Adds `p`'s log, printed under `name`.
+    pub fn add(&mut self, name: &str, p: &HeraldProcess) {
+        self.logs.push((name.into(), p.dir().join("herald.log")));
+    }
+}
+
+impl Drop for LogsOnPanic {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let n = self.tail;
+        for (name, path) in &self.logs {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(n)..].join("\n");
+            eprintln!(
+                "----- {name}: last {n} lines of {} -----\n{tail}",
+                path.display()
+            );
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1362,6 +1413,72 @@ pub async fn run_herald(
         }
         Err(_) => panic!("herald {args:?} still running after {timeout:?}"),
     }
+}
+
+// ---------------------------------------------------------------------------
+// Pages in headless Chromium (tests/browser; admin.rs, demo.rs)
+// ---------------------------------------------------------------------------
+
+/// Debian's Chromium, which the scripts in `tests/browser` drive through
+/// playwright-core (no browser download).
+pub const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// `tests/browser`, once what its scripts need is there: `node`,
+/// playwright-core from `npm ci`, [`CHROMIUM`]. Else a panic naming what to
+/// install (never a silent skip).
+pub fn browser_prerequisites() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("browser");
+    match std::process::Command::new("node").arg("--version").output() {
+        Ok(o) if o.status.success() => {}
+        _ => panic!(
+            "`node` is not on PATH: install Node.js 20 or later with npm \
+             (Debian: apt-get install -y nodejs npm), then run `npm ci` in {}",
+            dir.display()
+        ),
+    }
+    if !dir.join("node_modules").join("playwright-core").is_dir() {
+        panic!(
+            "{} is missing: run `npm ci` in {} (installs playwright-core; no browser download)",
+            dir.join("node_modules").display(),
+            dir.display()
+        );
+    }
+    if !Path::new(CHROMIUM).is_file() {
+        panic!("{CHROMIUM} is missing: install Debian's Chromium (apt-get install -y chromium)");
+    }
+    dir
+}
+
+/// Runs `cmd`, a `node` script of `tests/browser` against `h` (`what` names
+/// it, e.g. `tests/browser/admin.mjs`), for at most `timeout`. Its stdout,
+/// once it exited 0 and printed `all checks passed`; else a panic with its
+/// output and the last 40 lines of `h`'s log, newest first.
+pub async fn run_browser_script(
+    mut cmd: tokio::process::Command,
+    what: &str,
+    timeout: Duration,
+    h: &HeraldProcess,
+) -> String {
+    cmd.kill_on_drop(true);
+    let out = tokio::time::timeout(timeout, cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("{what} ran longer than {timeout:?}"))
+        .unwrap_or_else(|e| panic!("cannot run node {what}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{stdout}\n{stderr}\nherald log tail:\n{}",
+        out.status,
+        h.log()
+            .lines()
+            .rev()
+            .take(40)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(stdout.contains("all checks passed"), "{stdout}");
+    stdout
 }
 
 // ---------------------------------------------------------------------------

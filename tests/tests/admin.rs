@@ -13,7 +13,7 @@
 //!
 //! Answers are read as generic JSON values; waits have deadlines.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use herald_testkit::RedisServer;
@@ -25,8 +25,6 @@ const SETTLE: Duration = Duration::from_secs(10);
 /// Bound for the whole browser run (Chromium start included, debug build,
 /// two loaded cores).
 const BROWSER: Duration = Duration::from_secs(120);
-/// Where the browser check expects Debian's Chromium.
-const CHROMIUM: &str = "/usr/bin/chromium";
 
 /// The admin API of one node at `base` (its admin listener).
 #[derive(Clone)]
@@ -588,31 +586,6 @@ async fn gateway_and_ingest_nodes_show_their_own_view() {
     assert_eq!((s, error_code_of(&b)), (413, "too_large"), "{b}");
 }
 
-/// What `admin_page_in_headless_chromium` needs, or a panic naming what to
-/// install (never a silent skip).
-fn browser_prerequisites() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("browser");
-    match std::process::Command::new("node").arg("--version").output() {
-        Ok(o) if o.status.success() => {}
-        _ => panic!(
-            "`node` is not on PATH: install Node.js 20 or later with npm \
-             (Debian: apt-get install -y nodejs npm), then run `npm ci` in {}",
-            dir.display()
-        ),
-    }
-    if !dir.join("node_modules").join("playwright-core").is_dir() {
-        panic!(
-            "{} is missing: run `npm ci` in {} (installs playwright-core; no browser download)",
-            dir.join("node_modules").display(),
-            dir.display()
-        );
-    }
-    if !Path::new(CHROMIUM).is_file() {
-        panic!("{CHROMIUM} is missing: install Debian's Chromium (apt-get install -y chromium)");
-    }
-    dir
-}
-
 /// The page in a real browser: sign in with the key, the node panel, the
 /// connection count, a channel's presence and recent messages, a publish
 /// through the form that shows in the page's list and reaches a WebSocket
@@ -653,26 +626,8 @@ async fn admin_page_in_headless_chromium() {
         .args(["--publish-text", &published])
         .arg("--screenshot")
         .arg(&shot)
-        .current_dir(&dir)
-        .kill_on_drop(true);
-    let out = tokio::time::timeout(BROWSER, cmd.output())
-        .await
-        .unwrap_or_else(|_| panic!("tests/browser/admin.mjs ran longer than {BROWSER:?}"))
-        .unwrap_or_else(|e| panic!("cannot run node tests/browser/admin.mjs: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "tests/browser/admin.mjs failed ({}):\n{stdout}\n{stderr}\nherald log tail:\n{}",
-        out.status,
-        h.log()
-            .lines()
-            .rev()
-            .take(30)
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-    assert!(stdout.contains("all checks passed"), "{stdout}");
+        .current_dir(&dir);
+    run_browser_script(cmd, "tests/browser/admin.mjs", BROWSER, &h).await;
     assert!(shot.is_file(), "no screenshot at {}", shot.display());
 
     let got = watcher

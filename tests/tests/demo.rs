@@ -36,8 +36,6 @@ use serde_json::{Value, json};
 /// Bound for the whole browser run (Chromium start included, debug build,
 /// two loaded cores).
 const BROWSER: Duration = Duration::from_secs(240);
-/// Where the browser check expects Debian's Chromium.
-const CHROMIUM: &str = "/usr/bin/chromium";
 const BOT: &str = "bot:ai";
 
 fn http() -> reqwest::Client {
@@ -574,30 +572,6 @@ fn target_dir() -> PathBuf {
         .join("target")
 }
 
-/// What `demo_page_in_headless_chromium` needs, or a panic naming what to
-/// install (never a silent skip).
-fn browser_prerequisites() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("browser");
-    match std::process::Command::new("node").arg("--version").output() {
-        Ok(o) if o.status.success() => {}
-        _ => panic!(
-            "`node` is not on PATH: install Node.js 20 or later with npm, then run `npm ci` in {}",
-            dir.display()
-        ),
-    }
-    if !dir.join("node_modules").join("playwright-core").is_dir() {
-        panic!(
-            "{} is missing: run `npm ci` in {} (installs playwright-core; no browser download)",
-            dir.join("node_modules").display(),
-            dir.display()
-        );
-    }
-    if !Path::new(CHROMIUM).is_file() {
-        panic!("{CHROMIUM} is missing: install Debian's Chromium (apt-get install -y chromium)");
-    }
-    dir
-}
-
 /// Runs `tests/browser/demo.mjs --flow <flow>` against `h`; its stdout,
 /// once every check passed. Screenshots land in
 /// `target/test-artifacts/demo/`.
@@ -610,27 +584,9 @@ async fn run_browser(h: &HeraldProcess, flow: &str) -> String {
         .args(["--url", &h.http_url(), "--flow", flow])
         .arg("--shots")
         .arg(&shots)
-        .current_dir(&dir)
-        .kill_on_drop(true);
-    let out = tokio::time::timeout(BROWSER, cmd.output())
-        .await
-        .unwrap_or_else(|_| panic!("tests/browser/demo.mjs ran longer than {BROWSER:?}"))
-        .unwrap_or_else(|e| panic!("cannot run node tests/browser/demo.mjs: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "tests/browser/demo.mjs --flow {flow} failed ({}):\n{stdout}\n{stderr}\nherald log tail:\n{}",
-        out.status,
-        h.log()
-            .lines()
-            .rev()
-            .take(40)
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-    assert!(stdout.contains("all checks passed"), "{stdout}");
-    stdout
+        .current_dir(&dir);
+    let what = format!("tests/browser/demo.mjs --flow {flow}");
+    run_browser_script(cmd, &what, BROWSER, h).await
 }
 
 /// The page in a real browser (see the module doc and tests/browser/demo.mjs

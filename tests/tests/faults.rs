@@ -64,7 +64,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use herald_testkit::proxy::Proxy;
-use herald_testkit::{Nginx, PgServer, RedisServer};
+use herald_testkit::{Nginx, PgServer, RedisServer, TestkitError};
 use herald_tests::{
     HeraldOptions, HeraldProcess, TokenBuilder, decode_mp, encode_mp, json_to_mp, mp_to_json,
     now_ms, percent_encode,
@@ -677,13 +677,22 @@ async fn bring_up(w: &World, p: &mut HeraldProcess, name: &str) -> Result<usize,
     unreachable!("the loop returns")
 }
 
-async fn restart_redis(w: &World) -> String {
+/// Restarts the private server in `server` (`name` in anomalies) with
+/// `restart`: up to 5 starts, 500 ms apart; `"{done} (start N)"`, or
+/// `NOT restarted`.
+async fn restart_server<S: Send + 'static>(
+    w: &World,
+    server: &Arc<Mutex<S>>,
+    name: &str,
+    done: &str,
+    restart: fn(&mut S) -> Result<(), TestkitError>,
+) -> String {
     for attempt in 1..=5 {
-        let r = w.redis.clone();
-        match run_blocking(move || lock(&r).restart()).await {
-            Ok(()) => return format!("restarted (start {attempt})"),
+        let s = server.clone();
+        match run_blocking(move || restart(&mut lock(&s))).await {
+            Ok(()) => return format!("{done} (start {attempt})"),
             Err(e) => {
-                w.anomaly(format!("redis restart attempt {attempt} failed: {e}"));
+                w.anomaly(format!("{name} restart attempt {attempt} failed: {e}"));
                 sleep(Duration::from_millis(500)).await;
             }
         }
@@ -691,18 +700,32 @@ async fn restart_redis(w: &World) -> String {
     "NOT restarted".into()
 }
 
+async fn restart_redis(w: &World) -> String {
+    restart_server(w, &w.redis, "redis", "restarted", RedisServer::restart).await
+}
+
 async fn restart_pg(w: &World) -> String {
-    for attempt in 1..=5 {
-        let pg = w.pg.clone();
-        match run_blocking(move || lock(&pg).restart()).await {
-            Ok(()) => return format!("up again (start {attempt})"),
-            Err(e) => {
-                w.anomaly(format!("postgres restart attempt {attempt} failed: {e}"));
-                sleep(Duration::from_millis(500)).await;
-            }
-        }
+    restart_server(w, &w.pg, "postgres", "up again", PgServer::restart).await
+}
+
+/// Starts the node `name` of the world of `seed` and waits (30 s) for its
+/// `/healthz`; a panic with the replay line and its log when it does not
+/// come up.
+async fn start_node(
+    http: &reqwest::Client,
+    seed: u64,
+    name: &str,
+    options: HeraldOptions,
+) -> HeraldProcess {
+    let mut p = HeraldProcess::start(options).await;
+    if let Err(e) = wait_healthy(http, &mut p, Duration::from_secs(30)).await {
+        panic!(
+            "{}\n{name} did not start: {e}; log:\n{}",
+            replay_line(seed),
+            tail(&p.log(), 50)
+        );
     }
-    "NOT restarted".into()
+    p
 }
 
 async fn start_world(seed: u64, t0: Instant) -> World {
@@ -728,13 +751,14 @@ async fn start_world(seed: u64, t0: Instant) -> World {
     let mut ingests = Vec::new();
     let mut ingest_ports = Vec::new();
     for (i, proxy) in proxies.iter().take(INGESTS).enumerate() {
-        let mut p = HeraldProcess::start(HeraldOptions {
+        let name = format!("ingest-{i}");
+        let options = HeraldOptions {
             subcommand: "ingest".into(),
             args: vec![
                 "--redis-url".into(),
                 proxy.redis_url(),
                 "--node-id".into(),
-                format!("ingest-{i}"),
+                name.clone(),
             ],
             env: env.clone(),
             database_url: Some(pg_url.clone()),
@@ -742,15 +766,8 @@ async fn start_world(seed: u64, t0: Instant) -> World {
             api_key: api_key.clone(),
             wait_ready: false,
             ..HeraldOptions::default()
-        })
-        .await;
-        if let Err(e) = wait_healthy(&http, &mut p, Duration::from_secs(30)).await {
-            panic!(
-                "{}\ningest-{i} did not start: {e}; log:\n{}",
-                replay_line(seed),
-                tail(&p.log(), 50)
-            );
-        }
+        };
+        let p = start_node(&http, seed, &name, options).await;
         ingest_ports.push(p.port);
         ingests.push(tokio::sync::Mutex::new(p));
     }
@@ -760,16 +777,17 @@ async fn start_world(seed: u64, t0: Instant) -> World {
     let mut gateways = Vec::new();
     let mut gw_ports = Vec::new();
     for (i, proxy) in proxies.iter().skip(INGESTS).enumerate() {
+        let name = format!("gw-{i}");
         let mut args = vec![
             "--redis-url".to_string(),
             proxy.redis_url(),
             "--ingest-url".into(),
             ingest_url.clone(),
             "--node-id".into(),
-            format!("gw-{i}"),
+            name.clone(),
         ];
         args.extend(GATEWAY_ARGS.iter().map(|s| s.to_string()));
-        let mut p = HeraldProcess::start(HeraldOptions {
+        let options = HeraldOptions {
             subcommand: "gateway".into(),
             args,
             env: env.clone(),
@@ -777,15 +795,8 @@ async fn start_world(seed: u64, t0: Instant) -> World {
             api_key: api_key.clone(),
             wait_ready: false,
             ..HeraldOptions::default()
-        })
-        .await;
-        if let Err(e) = wait_healthy(&http, &mut p, Duration::from_secs(30)).await {
-            panic!(
-                "{}\ngw-{i} did not start: {e}; log:\n{}",
-                replay_line(seed),
-                tail(&p.log(), 50)
-            );
-        }
+        };
+        let p = start_node(&http, seed, &name, options).await;
         gw_ports.push(p.port);
         gateways.push(tokio::sync::Mutex::new(p));
     }

@@ -1290,6 +1290,88 @@ async fn oversized_messages_close_1009() {
     assert_eq!(hist["last_seq"], 2, "{hist}");
 }
 
+/// A subscriber of `ch` as `sub` on a bare socket with a 4 KiB receive
+/// window (nothing is read behind the test's back), and its first frame.
+async fn small_window_subscriber(h: &HeraldProcess, sub: &str, ch: &str) -> (RawWs, Value) {
+    let t = TokenBuilder::new(sub).channels(&[ch]).sign(&h.jwt_secret);
+    let mut ws = RawWs::connect(h.port, &format!("/ws?token={t}"), None, Some(4096)).await;
+    let welcome = ws
+        .read_frame(STEP)
+        .await
+        .unwrap_or_else(|e| panic!("{sub}'s welcome: {e}"))
+        .and_then(|f| f.json())
+        .expect("welcome");
+    (ws, welcome)
+}
+
+/// Reads `c` in a task until the `{"final": true}` message on `ch`: the
+/// seqs of `ch`'s messages in arrival order.
+fn seqs_until_final(mut c: Client, ch: &'static str) -> tokio::task::JoinHandle<Vec<u64>> {
+    tokio::spawn(async move {
+        let mut seqs = Vec::new();
+        loop {
+            let m = c.recv_within(Duration::from_secs(60)).await;
+            let Some(seq) = message_seq(&m, ch) else {
+                continue;
+            };
+            seqs.push(seq);
+            if m["data"]["final"] == true {
+                return seqs;
+            }
+        }
+    })
+}
+
+/// Publishes 15 KB messages to `ch`, four at a time, while `more` says so
+/// (asked before each batch; a panic naming `still` after 60 s), then
+/// `{"final": true}`. How many 15 KB messages went out, and the final seq.
+async fn flood_then_final<F>(
+    api: &Api,
+    ch: &'static str,
+    still: &str,
+    mut more: impl FnMut() -> F,
+) -> (u64, u64)
+where
+    F: std::future::Future<Output = bool>,
+{
+    let payload = "y".repeat(15_000);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut published = 0u64;
+    while more().await {
+        assert!(
+            Instant::now() < deadline,
+            "{still} after {published} messages of 15 KB"
+        );
+        let batch: Vec<_> = (0..4)
+            .map(|_| {
+                let (api, data) = (api.clone(), json!({ "pad": payload }));
+                tokio::spawn(async move { api.publish(ch, data).await })
+            })
+            .collect();
+        for b in batch {
+            b.await.expect("a publish task panicked");
+        }
+        published += 4;
+    }
+    let last = api.publish(ch, json!({"final": true})).await;
+    let seq = last["seqs"][ch]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no seq of {ch} in {last}"));
+    (published, seq)
+}
+
+/// Asserts `got` (the seqs `who` received) is 1, 2, 3, ... and shorter
+/// than the `last_seq` published.
+fn assert_gap_free_prefix(got: &[u64], last_seq: u64, who: &str) {
+    assert!(
+        got.iter()
+            .copied()
+            .eq(1..=u64::try_from(got.len()).expect("a count fits in u64")),
+        "{who}'s messages are not a gap-free prefix: {got:?}"
+    );
+    assert!(got.len() < usize::try_from(last_seq).expect("a seq fits in usize"));
+}
+
 /// PROTOCOL.md sections 6 and 7, DESIGN.md guarantee 4: a client that
 /// keeps falling behind (a 4 KiB receive window; it reads nothing for 1.5 s,
 /// then whatever has arrived, and again) overflows `--max-queue-bytes
@@ -1304,14 +1386,7 @@ async fn slow_consumer_closed_4008_others_unaffected() {
     let s = &h.jwt_secret;
 
     // The slow client: a bare socket, so nothing is read behind our back.
-    let slow_t = TokenBuilder::new("slow").channels(&[CH]).sign(s);
-    let mut slow = RawWs::connect(h.port, &format!("/ws?token={slow_t}"), None, Some(4096)).await;
-    let welcome = slow
-        .read_frame(STEP)
-        .await
-        .unwrap()
-        .and_then(|f| f.json())
-        .expect("welcome");
+    let (mut slow, welcome) = small_window_subscriber(&h, "slow", CH).await;
     assert_eq!(welcome["type"], "welcome", "{welcome}");
     let slow_reader = tokio::spawn(async move {
         let mut frames = Vec::new();
@@ -1334,43 +1409,15 @@ async fn slow_consumer_closed_4008_others_unaffected() {
     });
 
     let fast_t = TokenBuilder::new("fast").channels(&[CH]).sign(s);
-    let (mut fast, _) = Connect::new(&h).token(&fast_t).msgpack().ready().await;
-    let fast_reader = tokio::spawn(async move {
-        let mut seqs = Vec::new();
-        loop {
-            let m = fast.recv_within(Duration::from_secs(60)).await;
-            let Some(seq) = message_seq(&m, CH) else {
-                continue;
-            };
-            seqs.push(seq);
-            if m["data"]["final"] == true {
-                return seqs;
-            }
-        }
-    });
+    let (fast, _) = Connect::new(&h).token(&fast_t).msgpack().ready().await;
+    let fast_reader = seqs_until_final(fast, CH);
 
     // Publish 15 KB messages, four at a time, until the slow client is done.
-    let payload = "y".repeat(15_000);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut published = 0u64;
-    while !slow_reader.is_finished() {
-        assert!(
-            Instant::now() < deadline,
-            "the slow client was not disconnected after {published} messages of 15 KB"
-        );
-        let batch: Vec<_> = (0..4)
-            .map(|_| {
-                let (api, data) = (api.clone(), json!({ "pad": payload }));
-                tokio::spawn(async move { api.publish(CH, data).await })
-            })
-            .collect();
-        for b in batch {
-            b.await.unwrap();
-        }
-        published += 4;
-    }
-    let last = api.publish(CH, json!({"final": true})).await;
-    let last_seq = last["seqs"][CH].as_u64().unwrap();
+    let (published, last_seq) =
+        flood_then_final(&api, CH, "the slow client was not disconnected", || {
+            std::future::ready(!slow_reader.is_finished())
+        })
+        .await;
     let seqs = fast_reader.await.unwrap();
     assert_eq!(
         seqs,
@@ -1391,13 +1438,7 @@ async fn slow_consumer_closed_4008_others_unaffected() {
          after {} messages of {published} published",
         got.len()
     );
-    assert!(
-        got.iter()
-            .copied()
-            .eq(1..=u64::try_from(got.len()).unwrap()),
-        "the slow consumer's messages are not a gap-free prefix: {got:?}"
-    );
-    assert!(got.len() < usize::try_from(last_seq).unwrap());
+    assert_gap_free_prefix(&got, last_seq, "the slow consumer");
 }
 
 /// DESIGN.md guarantee 4 (isolation) for a client that stopped reading for
@@ -1413,58 +1454,23 @@ async fn stuck_client_is_dropped_others_unaffected() {
     let api = Api::new(&h);
     let s = &h.jwt_secret;
 
-    let stuck_t = TokenBuilder::new("stuck").channels(&[CH]).sign(s);
-    let mut stuck = RawWs::connect(h.port, &format!("/ws?token={stuck_t}"), None, Some(4096)).await;
-    let welcome = stuck
-        .read_frame(STEP)
-        .await
-        .unwrap()
-        .and_then(|f| f.json())
-        .expect("welcome");
+    let (mut stuck, welcome) = small_window_subscriber(&h, "stuck", CH).await;
     let stuck_conn = welcome["conn"].as_str().unwrap().to_string();
 
     let fast_t = TokenBuilder::new("fast").channels(&[CH]).sign(s);
-    let (mut fast, _) = Connect::new(&h).token(&fast_t).ready().await;
-    let reader = tokio::spawn(async move {
-        let mut seqs = Vec::new();
-        loop {
-            let m = fast.recv_within(Duration::from_secs(60)).await;
-            let Some(seq) = message_seq(&m, CH) else {
-                continue;
-            };
-            seqs.push(seq);
-            if m["data"]["final"] == true {
-                return seqs;
-            }
-        }
-    });
+    let (fast, _) = Connect::new(&h).token(&fast_t).ready().await;
+    let reader = seqs_until_final(fast, CH);
 
     eventually(STEP, "the stuck client shows in presence", || {
         let (api, conn) = (api.clone(), stuck_conn.clone());
         async move { api.present_conns(CH).await.contains(&conn) }
     })
     .await;
-    let payload = "y".repeat(15_000);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut published = 0u64;
-    while api.present_conns(CH).await.contains(&stuck_conn) {
-        assert!(
-            Instant::now() < deadline,
-            "the stuck client was still connected after {published} messages of 15 KB"
-        );
-        let batch: Vec<_> = (0..4)
-            .map(|_| {
-                let (api, data) = (api.clone(), json!({ "pad": payload }));
-                tokio::spawn(async move { api.publish(CH, data).await })
-            })
-            .collect();
-        for b in batch {
-            b.await.unwrap();
-        }
-        published += 4;
-    }
-    let last = api.publish(CH, json!({"final": true})).await;
-    let last_seq = last["seqs"][CH].as_u64().unwrap();
+    let (_, last_seq) = flood_then_final(&api, CH, "the stuck client was still connected", || {
+        let (api, conn) = (api.clone(), stuck_conn.clone());
+        async move { api.present_conns(CH).await.contains(&conn) }
+    })
+    .await;
     assert_eq!(
         reader.await.unwrap(),
         (1..=last_seq).collect::<Vec<_>>(),
@@ -1484,13 +1490,7 @@ async fn stuck_client_is_dropped_others_unaffected() {
         end.is_none() || end == Some(4008),
         "the stuck client was closed with {end:?}"
     );
-    assert!(
-        got.iter()
-            .copied()
-            .eq(1..=u64::try_from(got.len()).unwrap()),
-        "the stuck client's messages are not a gap-free prefix: {got:?}"
-    );
-    assert!(got.len() < usize::try_from(last_seq).unwrap());
+    assert_gap_free_prefix(&got, last_seq, "the stuck client");
 }
 
 /// PROTOCOL.md section 7 (rate limit, `--rate-per-second 5 --rate-burst
@@ -2116,22 +2116,6 @@ async fn admin_endpoints_and_metrics() {
     let api = Api::new(&h);
     assert_eq!(api.admin_text("/healthz").await.0, 200);
     assert_eq!(api.admin_text("/readyz").await.0, 200);
-
-    /// Sum of a metric's samples (all label sets).
-    fn sample_sum(text: &str, name: &str) -> Option<f64> {
-        let mut found = None;
-        for line in text.lines().filter(|l| !l.starts_with('#')) {
-            let Some(rest) = line.strip_prefix(name) else {
-                continue;
-            };
-            if !(rest.starts_with(' ') || rest.starts_with('{')) {
-                continue;
-            }
-            let v: f64 = line.rsplit(' ').next()?.parse().ok()?;
-            *found.get_or_insert(0.0) += v;
-        }
-        found
-    }
     let metrics = || async {
         let (s, text) = api.admin_text("/metrics").await;
         assert_eq!(s, 200);
@@ -2140,7 +2124,7 @@ async fn admin_endpoints_and_metrics() {
 
     api.publish("m_1", json!(1)).await;
     let before = metrics().await;
-    let published = sample_sum(&before, "herald_messages_published_total")
+    let published = metric_sum(&before, "herald_messages_published_total")
         .unwrap_or_else(|| panic!("no herald_messages_published_total in\n{before}"));
     assert!(
         published >= 1.0,
@@ -2155,7 +2139,7 @@ async fn admin_endpoints_and_metrics() {
         || {
             let metrics = &metrics;
             async move {
-                sample_sum(&metrics().await, "herald_messages_published_total")
+                metric_sum(&metrics().await, "herald_messages_published_total")
                     == Some(published + 3.0)
             }
         },
@@ -2167,13 +2151,13 @@ async fn admin_endpoints_and_metrics() {
     let (b, _) = Connect::new(&h).token(&t).ready().await;
     eventually(STEP, "herald_connections = 2", || {
         let metrics = &metrics;
-        async move { sample_sum(&metrics().await, "herald_connections") == Some(2.0) }
+        async move { metric_sum(&metrics().await, "herald_connections") == Some(2.0) }
     })
     .await;
     b.close().await;
     eventually(STEP, "herald_connections = 1 after a close", || {
         let metrics = &metrics;
-        async move { sample_sum(&metrics().await, "herald_connections") == Some(1.0) }
+        async move { metric_sum(&metrics().await, "herald_connections") == Some(1.0) }
     })
     .await;
 }

@@ -17,7 +17,6 @@
 //! When a test panics the tail of every herald log of its topology is
 //! printed ([`LogsOnPanic`]).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -138,30 +137,61 @@ impl Keys {
 
 /// On panic, prints the last [`TAIL`] lines of each named herald log.
 /// Declare it after the processes (it must drop before their temp dirs).
-struct LogsOnPanic(Vec<(String, PathBuf)>);
-
 fn logs_on_panic(nodes: &[(&str, &HeraldProcess)]) -> LogsOnPanic {
-    LogsOnPanic(
-        nodes
-            .iter()
-            .map(|(n, p)| (n.to_string(), p.dir().join("herald.log")))
-            .collect(),
-    )
+    LogsOnPanic::new(TAIL, nodes)
 }
 
-impl Drop for LogsOnPanic {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
-        }
-        for (name, path) in &self.0 {
-            let text = std::fs::read_to_string(path).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            let tail = lines[lines.len().saturating_sub(TAIL)..].join("\n");
-            eprintln!(
-                "----- {name}: last {TAIL} lines of {} -----\n{tail}",
-                path.display()
-            );
+/// Which node of a [`ProxiedTopology`] reaches Redis through its [`Proxy`].
+enum Proxied {
+    Ingest,
+    Gateway,
+}
+
+/// Items 4b and 5: `herald ingest` and `herald gateway` (periodic catch-up
+/// [`NO_CATCHUP`]) on a private Redis, one of them through a [`Proxy`] the
+/// test breaks, the other directly; a reader subscribed to a channel on the
+/// gateway.
+struct ProxiedTopology {
+    // Fields drop in this order: the reader, the log guard (before the
+    // processes' temp dirs), the processes, the proxy, Redis.
+    sub: Client,
+    api: Api,
+    _logs: LogsOnPanic,
+    _gw: HeraldProcess,
+    _ingest: HeraldProcess,
+    proxy: Proxy,
+    _redis: RedisServer,
+}
+
+impl ProxiedTopology {
+    /// The topology with `proxied`'s Redis link through the proxy; `api` is
+    /// ingest's, `sub` is subscribed to `ch`.
+    async fn start(ch: &str, proxied: Proxied) -> ProxiedTopology {
+        let redis = start_redis().await;
+        let proxy = start_proxy(redis.port());
+        let keys = Keys::new();
+        let (ingest_redis, gw_redis) = match proxied {
+            Proxied::Ingest => (proxy.redis_url(), redis.url()),
+            Proxied::Gateway => (redis.url(), proxy.redis_url()),
+        };
+        let ingest = keys.ingest(&ingest_redis, None, &[]).await;
+        let gw = keys
+            .gateway(&gw_redis, &ingest, &["--catchup-interval", NO_CATCHUP], &[])
+            .await;
+        let logs = logs_on_panic(&[("ingest", &ingest), ("gateway", &gw)]);
+        let api = Api::new(&ingest);
+
+        let tok = keys.sign(TokenBuilder::new("reader").allow("subscribe", &["chat_*"]));
+        let (mut sub, _) = Connect::new(&gw).token(&tok).ready().await;
+        sub.subscribe(ch).await;
+        ProxiedTopology {
+            sub,
+            api,
+            _logs: logs,
+            _gw: gw,
+            _ingest: ingest,
+            proxy,
+            _redis: redis,
         }
     }
 }
@@ -196,30 +226,13 @@ async fn expect_message(c: &mut Client, ch: &str, within: Duration, what: &str) 
         .unwrap_or_else(|| panic!("no message on {ch} within {within:?}: {what}"))
 }
 
-/// The value of a Prometheus series (summed over its label sets), if present.
-fn metric_value(text: &str, name: &str) -> Option<f64> {
-    let mut found = None;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some(rest) = line.strip_prefix(name) else {
-            continue;
-        };
-        if !(rest.starts_with('{') || rest.starts_with(' ')) {
-            continue;
-        }
-        if let Some(v) = rest.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) {
-            *found.get_or_insert(0.0) += v;
-        }
-    }
-    found
-}
-
 /// `name` on the node's `/metrics`, `None` when absent or unreachable.
 async fn node_metric(api: &Api, name: &str) -> Option<f64> {
     let (status, text) = api.admin_text("/metrics").await;
     if status != 200 {
         return None;
     }
-    metric_value(&text, name)
+    metric_sum(&text, name)
 }
 
 /// `POST /v1/publish` of `body` to `ingest` on a client without a timeout of
@@ -807,45 +820,28 @@ async fn item4a_publisher_hanging_up_after_the_commit_still_publishes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn item4b_duplicate_republishes_what_the_bus_lost() {
     const CH: &str = "chat_republish";
-    let redis = start_redis().await;
-    let proxy = start_proxy(redis.port());
-    let keys = Keys::new();
-    let ingest = keys.ingest(&proxy.redis_url(), None, &[]).await;
-    let gw = keys
-        .gateway(
-            &redis.url(),
-            &ingest,
-            &["--catchup-interval", NO_CATCHUP],
-            &[],
-        )
-        .await;
-    let _logs = logs_on_panic(&[("ingest", &ingest), ("gateway", &gw)]);
-    let api = Api::new(&ingest);
-
-    let tok = keys.sign(TokenBuilder::new("reader").allow("subscribe", &["chat_*"]));
-    let (mut sub, _) = Connect::new(&gw).token(&tok).ready().await;
-    sub.subscribe(CH).await;
+    let mut t = ProxiedTopology::start(CH, Proxied::Ingest).await;
 
     let body = json!({"channel": CH, "data": {"text": "once"}, "key": "K"});
-    proxy.down();
-    let (status, first) = api.publish_body(body.clone()).await;
+    t.proxy.down();
+    let (status, first) = t.api.publish_body(body.clone()).await;
     assert_eq!(
         status, 200,
         "a publish while the bus is down still commits: {first}"
     );
     assert_eq!(first["seqs"][CH], 1, "{first}");
 
-    proxy.heal();
+    t.proxy.heal();
     eventually(
         Duration::from_secs(30),
         "ingest /readyz 200 once its Redis link is back",
         || {
-            let api = api.clone();
+            let api = t.api.clone();
             async move { api.admin_status("/readyz").await == Some(200) }
         },
     )
     .await;
-    let (status, again) = api.publish_body(body.clone()).await;
+    let (status, again) = t.api.publish_body(body.clone()).await;
     assert_eq!(status, 200, "{again}");
     assert_eq!(
         again["id"], first["id"],
@@ -854,7 +850,7 @@ async fn item4b_duplicate_republishes_what_the_bus_lost() {
     assert_eq!(again["seqs"][CH], 1, "{again}");
 
     let m = expect_message(
-        &mut sub,
+        &mut t.sub,
         CH,
         DELIVER,
         "the duplicate of a publish whose bus publish failed must publish it again",
@@ -865,8 +861,8 @@ async fn item4b_duplicate_republishes_what_the_bus_lost() {
     assert_eq!(m["data"], json!({"text": "once"}), "{m}");
 
     // Exactly once: the next message is the marker, nothing in between.
-    api.publish(CH, json!({"text": "marker"})).await;
-    let m = expect_message(&mut sub, CH, STEP, "the marker").await;
+    t.api.publish(CH, json!({"text": "marker"})).await;
+    let m = expect_message(&mut t.sub, CH, STEP, "the marker").await;
     assert_eq!(
         m["data"],
         json!({"text": "marker"}),
@@ -920,29 +916,12 @@ async fn item4c_publish_to_many_channels_while_the_bus_is_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn item5_gateway_half_open_redis_link_recovers() {
     const CH: &str = "chat_frozen_gw";
-    let redis = start_redis().await;
-    let proxy = start_proxy(redis.port());
-    let keys = Keys::new();
-    let ingest = keys.ingest(&redis.url(), None, &[]).await;
-    let gw = keys
-        .gateway(
-            &proxy.redis_url(),
-            &ingest,
-            &["--catchup-interval", NO_CATCHUP],
-            &[],
-        )
-        .await;
-    let _logs = logs_on_panic(&[("ingest", &ingest), ("gateway", &gw)]);
-    let api = Api::new(&ingest);
+    let mut t = ProxiedTopology::start(CH, Proxied::Gateway).await;
 
-    let tok = keys.sign(TokenBuilder::new("reader").allow("subscribe", &["chat_*"]));
-    let (mut sub, _) = Connect::new(&gw).token(&tok).ready().await;
-    sub.subscribe(CH).await;
-
-    proxy.freeze();
-    let answer = api.publish(CH, json!({"n": 1})).await;
+    t.proxy.freeze();
+    let answer = t.api.publish(CH, json!({"n": 1})).await;
     let m = expect_message(
-        &mut sub,
+        &mut t.sub,
         CH,
         DELIVER_HALF_OPEN,
         "the gateway must notice its frozen Redis link, reconnect and catch up",
@@ -964,31 +943,15 @@ async fn item5_gateway_half_open_redis_link_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn item5_ingest_half_open_redis_link_recovers() {
     const CH: &str = "chat_frozen_ingest";
-    let redis = start_redis().await;
-    let proxy = start_proxy(redis.port());
-    let keys = Keys::new();
-    let ingest = keys.ingest(&proxy.redis_url(), None, &[]).await;
-    let gw = keys
-        .gateway(
-            &redis.url(),
-            &ingest,
-            &["--catchup-interval", NO_CATCHUP],
-            &[],
-        )
-        .await;
-    let _logs = logs_on_panic(&[("ingest", &ingest), ("gateway", &gw)]);
-    let api = Api::new(&ingest);
+    let mut t = ProxiedTopology::start(CH, Proxied::Ingest).await;
 
-    let tok = keys.sign(TokenBuilder::new("reader").allow("subscribe", &["chat_*"]));
-    let (mut sub, _) = Connect::new(&gw).token(&tok).ready().await;
-    sub.subscribe(CH).await;
-
-    proxy.freeze();
+    t.proxy.freeze();
     let deadline = Instant::now() + DELIVER_HALF_OPEN;
     let mut published = 0u64;
     let first = loop {
         published += 1;
-        let (status, answer) = api
+        let (status, answer) = t
+            .api
             .publish_body(json!({"channel": CH, "data": {"n": published}}))
             .await;
         assert_eq!(
@@ -996,7 +959,7 @@ async fn item5_ingest_half_open_redis_link_recovers() {
             "publish {published} with a frozen bus link must still commit: {answer}"
         );
         let left = deadline.saturating_duration_since(Instant::now());
-        if let Some(m) = next_message(&mut sub, CH, left.min(Duration::from_secs(1))).await {
+        if let Some(m) = next_message(&mut t.sub, CH, left.min(Duration::from_secs(1))).await {
             break m;
         }
         assert!(
@@ -1009,7 +972,7 @@ async fn item5_ingest_half_open_redis_link_recovers() {
     // Whatever came first, the rest follows in order with no gap or repeat.
     let mut seqs = vec![first["seq"].as_u64().expect("message seq")];
     while seqs.len() < usize::try_from(published).expect("small count") {
-        let m = expect_message(&mut sub, CH, STEP, "the remaining publishes, in order").await;
+        let m = expect_message(&mut t.sub, CH, STEP, "the remaining publishes, in order").await;
         seqs.push(m["seq"].as_u64().expect("message seq"));
     }
     assert_eq!(

@@ -15,7 +15,6 @@
 //! printed (see [`LogsOnPanic`]).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -265,41 +264,14 @@ impl Topology {
     /// Prints every herald log of this topology if the test panics before
     /// the guard drops (declare it after the topology).
     fn logs_on_panic(&self) -> LogsOnPanic {
-        let mut logs = Vec::new();
+        let mut logs = LogsOnPanic::new(TAIL, &[]);
         for (i, p) in self.ingests.iter().enumerate() {
-            logs.push((format!("ingest-{i}"), p.dir().join("herald.log")));
+            logs.add(&format!("ingest-{i}"), p);
         }
         for (i, p) in self.gateways.iter().enumerate() {
-            logs.push((format!("gw-{i}"), p.dir().join("herald.log")));
+            logs.add(&format!("gw-{i}"), p);
         }
-        LogsOnPanic(logs)
-    }
-}
-
-/// On panic, prints the last [`TAIL`] lines of each named log
-/// (`HeraldProcess` writes `<dir>/herald.log`).
-struct LogsOnPanic(Vec<(String, PathBuf)>);
-
-impl LogsOnPanic {
-    fn add(&mut self, name: &str, p: &HeraldProcess) {
-        self.0.push((name.into(), p.dir().join("herald.log")));
-    }
-}
-
-impl Drop for LogsOnPanic {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
-        }
-        for (name, path) in &self.0 {
-            let text = std::fs::read_to_string(path).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            let tail = lines[lines.len().saturating_sub(TAIL)..].join("\n");
-            eprintln!(
-                "----- {name}: last {TAIL} lines of {} -----\n{tail}",
-                path.display()
-            );
-        }
+        logs
     }
 }
 

@@ -18,34 +18,10 @@ use crate::{Alg, AuthConfig, KeyConfig, Minter, Verifier};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use herald_protocol::ChannelName;
+use herald_testkit::fuzz::config;
 use proptest::prelude::*;
-use proptest::test_runner::FileFailurePersistence;
 use serde_json::{Value, json};
-use std::sync::{LazyLock, OnceLock};
-
-// ---- case counts ----
-
-/// Cases per property: `HERALD_FUZZ_CASES` when set (the long local run),
-/// else the property's CI count. The variable is read once per process.
-fn cases(ci: u32) -> u32 {
-    static LONG: OnceLock<Option<u32>> = OnceLock::new();
-    LONG.get_or_init(|| {
-        std::env::var("HERALD_FUZZ_CASES")
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-    })
-    .unwrap_or(ci)
-}
-
-fn config(ci: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases: cases(ci),
-        failure_persistence: Some(Box::new(FileFailurePersistence::SourceParallel(
-            "proptest-regressions",
-        ))),
-        ..ProptestConfig::default()
-    }
-}
+use std::sync::LazyLock;
 
 // ---- keys and the valid tokens ----
 

@@ -18,7 +18,7 @@
 
 use herald_bus::conformance::{self, Recorder};
 use herald_bus::redis::{RedisBus, RedisBusConfig, RedisPresence};
-use herald_bus::{Bus, Presence};
+use herald_bus::{Bus, BusSubscriber, Presence};
 use herald_protocol::bus::Envelope;
 use herald_protocol::server::ClientInfo;
 use herald_protocol::{ChannelName, JsonData};
@@ -80,6 +80,45 @@ fn reconnects(rec: &Recorder) -> u32 {
 
 fn seqs(rec: &Recorder) -> Vec<u64> {
     got(rec).iter().filter_map(|e| e.seq).collect()
+}
+
+/// Waits up to `within` for `rec` to report an `on_reconnect`.
+async fn reconnected(rec: &Recorder, within: Duration, what: &str) {
+    eventually(within, what, || {
+        let r = reconnects(rec);
+        async move { r >= 1 }
+    })
+    .await;
+}
+
+/// Waits up to 10 s for the envelope with `seq` to reach `rec`.
+async fn delivered(rec: &Recorder, seq: u64, what: &str) {
+    eventually(Duration::from_secs(10), what, || {
+        let s = seqs(rec);
+        async move { s.contains(&seq) }
+    })
+    .await;
+}
+
+/// Publishes `c` envelopes with rising seqs from `from` on `bus` until one
+/// goes through (deadline `within`): failures are expected while its
+/// connection is being rebuilt. The seq of the one that went through.
+async fn publish_until_ok(bus: &RedisBus, c: &str, from: u64, within: Duration, what: &str) -> u64 {
+    let seq = AtomicU64::new(from);
+    let last = AtomicU64::new(0);
+    eventually(within, what, || {
+        let s = seq.fetch_add(1, Ordering::SeqCst);
+        let last = &last;
+        async move {
+            let ok = bus.publish(&msg(c, s)).await.is_ok();
+            if ok {
+                last.store(s, Ordering::SeqCst);
+            }
+            ok
+        }
+    })
+    .await;
+    last.load(Ordering::SeqCst)
 }
 
 /// A plain connection for what herald never does (raw PUBLISH, PUBSUB).
@@ -162,13 +201,10 @@ async fn redis_restart_resubscribes_and_reports_reconnect() {
         .restart()
         .expect("restart redis-server on the same port");
 
-    eventually(
+    reconnected(
+        &rec,
         Duration::from_secs(20),
         "on_reconnect after the restart",
-        || {
-            let r = reconnects(&rec);
-            async move { r >= 1 }
-        },
     )
     .await;
     // The attachment's subscription is back on the new server.
@@ -177,30 +213,15 @@ async fn redis_restart_resubscribes_and_reports_reconnect() {
 
     // The shared publish connection reconnects on its first failure: retry
     // until a publish goes through, then that envelope must arrive.
-    let seq = Arc::new(AtomicU64::new(2));
-    eventually(
+    let last = publish_until_ok(
+        &bus,
+        "rs_a",
+        2,
         Duration::from_secs(20),
         "a publish after the restart succeeds",
-        || {
-            let (bus, seq) = (&bus, seq.clone());
-            async move {
-                bus.publish(&msg("rs_a", seq.fetch_add(1, Ordering::SeqCst)))
-                    .await
-                    .is_ok()
-            }
-        },
     )
     .await;
-    let last = seq.load(Ordering::SeqCst) - 1;
-    eventually(
-        Duration::from_secs(10),
-        "the envelope published after the restart",
-        || {
-            let s = seqs(&rec);
-            async move { s.contains(&last) }
-        },
-    )
-    .await;
+    delivered(&rec, last, "the envelope published after the restart").await;
     drop(sub);
 }
 
@@ -479,13 +500,10 @@ async fn cluster_failover_resubscribes() {
         },
     )
     .await;
-    eventually(
+    reconnected(
+        &rec,
         Duration::from_secs(30),
         "on_reconnect after the failover",
-        || {
-            let r = reconnects(&rec);
-            async move { r >= 1 }
-        },
     )
     .await;
 
@@ -555,6 +573,67 @@ async fn publish_until_delivered(
     .await;
 }
 
+/// Which bus of a [`ProxiedLink`] reaches Redis through its proxy, so that
+/// the test's fault breaks its connection.
+enum ThroughProxy {
+    /// The subscribing bus (its attachment's connection); the publisher is
+    /// connected directly.
+    Subscriber,
+    /// The publishing bus (its shared command connection); the subscriber
+    /// is connected directly.
+    Publisher,
+}
+
+/// A link to break: a private Redis, a [`Proxy`] in front of it, a bus
+/// through the proxy and one connected directly, and `rec`'s attachment
+/// subscribed to one channel, its envelope seq 1 delivered through the
+/// proxied link before any fault.
+struct ProxiedLink {
+    // Fields drop in this order: the attachment first, the server last.
+    _sub: Arc<dyn BusSubscriber>,
+    rec: Arc<Recorder>,
+    direct: RedisBus,
+    via_proxy: RedisBus,
+    proxy: Proxy,
+    _server: RedisServer,
+}
+
+impl ProxiedLink {
+    /// Subscribes to `c` on one bus, publishes seq 1 on the other and waits
+    /// (10 s) for its delivery, named "delivery before the `fault`".
+    async fn start(through: ThroughProxy, c: &str, fault: &str) -> ProxiedLink {
+        let server = redis_server();
+        let proxy = Proxy::start(server.port()).unwrap();
+        let via_proxy = bus(&proxy.redis_url()).await;
+        let direct = bus(&server.url()).await;
+        let rec = Arc::new(Recorder::default());
+        let (subscriber, publisher) = match through {
+            ThroughProxy::Subscriber => (&via_proxy, &direct),
+            ThroughProxy::Publisher => (&direct, &via_proxy),
+        };
+        let sub = subscriber.attach(rec.clone());
+        sub.subscribe(&[ch(c)]).await.unwrap();
+        publisher.publish(&msg(c, 1)).await.unwrap();
+        eventually(
+            Duration::from_secs(10),
+            &format!("delivery before the {fault}"),
+            || {
+                let s = seqs(&rec);
+                async move { s == [1] }
+            },
+        )
+        .await;
+        ProxiedLink {
+            _sub: sub,
+            rec,
+            direct,
+            via_proxy,
+            proxy,
+            _server: server,
+        }
+    }
+}
+
 /// Guarantee 3 on a half-open link (a Redis host gone without RST): the
 /// subscriber connection goes silent, both ways, and stays open. Failed
 /// PINGs make the attachment drop it, connect again, re-subscribe its
@@ -562,50 +641,30 @@ async fn publish_until_delivered(
 /// freeze (directly on Redis, by another node) is delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frozen_subscriber_connection_is_rebuilt() {
-    let server = redis_server();
-    let proxy = Proxy::start(server.port()).unwrap();
-    let bus_via_proxy = bus(&proxy.redis_url()).await;
-    let direct = bus(&server.url()).await;
-    let rec = Arc::new(Recorder::default());
-    let sub = bus_via_proxy.attach(rec.clone());
-    sub.subscribe(&[ch("hf_a")]).await.unwrap();
-    direct.publish(&msg("hf_a", 1)).await.unwrap();
-    eventually(
-        Duration::from_secs(10),
-        "delivery before the freeze",
-        || {
-            let s = seqs(&rec);
-            async move { s == [1] }
-        },
-    )
-    .await;
-    assert_eq!(reconnects(&rec), 0);
-    let before = proxy.connections();
+    let t = ProxiedLink::start(ThroughProxy::Subscriber, "hf_a", "freeze").await;
+    assert_eq!(reconnects(&t.rec), 0);
+    let before = t.proxy.connections();
 
-    proxy.freeze();
+    t.proxy.freeze();
     publish_until_delivered(
-        &direct,
-        &rec,
+        &t.direct,
+        &t.rec,
         "hf_a",
         2,
         Duration::from_secs(20),
         "an envelope published after the freeze",
     )
     .await;
-    eventually(
+    reconnected(
+        &t.rec,
         Duration::from_secs(10),
         "on_reconnect after the freeze",
-        || {
-            let r = reconnects(&rec);
-            async move { r >= 1 }
-        },
     )
     .await;
     assert!(
-        proxy.connections() > before,
+        t.proxy.connections() > before,
         "delivery resumed without a new connection"
     );
-    drop(sub);
 }
 
 /// The shared publishing connection on a half-open link: publishes fail,
@@ -614,69 +673,38 @@ async fn frozen_subscriber_connection_is_rebuilt() {
 /// through and a node connected directly to Redis receives it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frozen_command_connection_is_rebuilt() {
-    let server = redis_server();
-    let proxy = Proxy::start(server.port()).unwrap();
-    let bus_via_proxy = bus(&proxy.redis_url()).await;
-    let direct = bus(&server.url()).await;
-    let rec = Arc::new(Recorder::default());
-    let sub = direct.attach(rec.clone());
-    sub.subscribe(&[ch("hc_a")]).await.unwrap();
-    bus_via_proxy.publish(&msg("hc_a", 1)).await.unwrap();
-    eventually(
-        Duration::from_secs(10),
-        "delivery before the freeze",
-        || {
-            let s = seqs(&rec);
-            async move { s == [1] }
-        },
-    )
-    .await;
-    let before = proxy.connections();
+    let t = ProxiedLink::start(ThroughProxy::Publisher, "hc_a", "freeze").await;
+    let before = t.proxy.connections();
 
-    proxy.freeze();
+    t.proxy.freeze();
     // Issued at once on the frozen connection: it fails within its bound.
     let first = tokio::time::timeout(
         Duration::from_secs(15),
-        bus_via_proxy.publish(&msg("hc_a", 2)),
+        t.via_proxy.publish(&msg("hc_a", 2)),
     )
     .await
     .expect("a publish on a frozen connection must not hang");
     assert!(first.is_err(), "a publish on a frozen connection succeeded");
 
-    let seq = AtomicU64::new(3);
-    let last = AtomicU64::new(0);
-    eventually(
+    let last = publish_until_ok(
+        &t.via_proxy,
+        "hc_a",
+        3,
         Duration::from_secs(20),
         "a publish through a rebuilt connection succeeds",
-        || {
-            let s = seq.fetch_add(1, Ordering::SeqCst);
-            let (bus, last) = (&bus_via_proxy, &last);
-            async move {
-                let ok = bus.publish(&msg("hc_a", s)).await.is_ok();
-                if ok {
-                    last.store(s, Ordering::SeqCst);
-                }
-                ok
-            }
-        },
     )
     .await;
-    let last = last.load(Ordering::SeqCst);
-    eventually(
-        Duration::from_secs(10),
+    delivered(
+        &t.rec,
+        last,
         "the envelope published through the rebuilt connection",
-        || {
-            let s = seqs(&rec);
-            async move { s.contains(&last) }
-        },
     )
     .await;
-    assert!(proxy.connections() > before);
+    assert!(t.proxy.connections() > before);
     // Presence shares the command connection: it works again too.
-    let p = bus_via_proxy.presence(Duration::from_secs(30));
+    let p = t.via_proxy.presence(Duration::from_secs(30));
     p.join(&ch("hc_a"), &client("c_1")).await.unwrap();
     assert_eq!(p.list(&ch("hc_a")).await.unwrap(), vec![client("c_1")]);
-    drop(sub);
 }
 
 /// A partition (every connection, old and new, silent) and its heal: the
@@ -684,56 +712,36 @@ async fn frozen_command_connection_is_rebuilt() {
 /// re-subscribes and reports `on_reconnect`; delivery resumes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitioned_subscriber_resumes_after_heal() {
-    let server = redis_server();
-    let proxy = Proxy::start(server.port()).unwrap();
-    let bus_via_proxy = bus(&proxy.redis_url()).await;
-    let direct = bus(&server.url()).await;
-    let rec = Arc::new(Recorder::default());
-    let sub = bus_via_proxy.attach(rec.clone());
-    sub.subscribe(&[ch("hp_a")]).await.unwrap();
-    direct.publish(&msg("hp_a", 1)).await.unwrap();
-    eventually(
-        Duration::from_secs(10),
-        "delivery before the partition",
-        || {
-            let s = seqs(&rec);
-            async move { s == [1] }
-        },
-    )
-    .await;
-    let before = proxy.connections();
+    let t = ProxiedLink::start(ThroughProxy::Subscriber, "hp_a", "partition").await;
+    let before = t.proxy.connections();
 
-    proxy.partition();
+    t.proxy.partition();
     eventually(
         Duration::from_secs(20),
         "a reconnect attempt during the partition",
         || {
-            let n = proxy.connections();
+            let n = t.proxy.connections();
             async move { n > before }
         },
     )
     .await;
     // Nothing gets through meanwhile.
-    direct.publish(&msg("hp_a", 2)).await.unwrap();
-    proxy.heal();
+    t.direct.publish(&msg("hp_a", 2)).await.unwrap();
+    t.proxy.heal();
     publish_until_delivered(
-        &direct,
-        &rec,
+        &t.direct,
+        &t.rec,
         "hp_a",
         3,
         Duration::from_secs(30),
         "an envelope published after the heal",
     )
     .await;
-    eventually(
+    reconnected(
+        &t.rec,
         Duration::from_secs(10),
         "on_reconnect after the heal",
-        || {
-            let r = reconnects(&rec);
-            async move { r >= 1 }
-        },
     )
     .await;
-    assert!(!seqs(&rec).contains(&2), "delivered through a partition");
-    drop(sub);
+    assert!(!seqs(&t.rec).contains(&2), "delivered through a partition");
 }

@@ -15,36 +15,11 @@ use crate::ws::{FrameReader, InFrame, InOp, ReadError, close_code_of};
 use futures_util::FutureExt;
 use herald_protocol::ChannelName;
 use herald_protocol::api::{parse_recover, percent_encode};
+use herald_testkit::fuzz::config;
 use proptest::prelude::*;
-use proptest::test_runner::FileFailurePersistence;
 use std::pin::Pin;
-use std::sync::OnceLock;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, ReadBuf};
-
-// ---- case counts ----
-
-/// Cases per property: `HERALD_FUZZ_CASES` when set (the long local run),
-/// else the property's CI count. The variable is read once per process.
-fn cases(ci: u32) -> u32 {
-    static LONG: OnceLock<Option<u32>> = OnceLock::new();
-    LONG.get_or_init(|| {
-        std::env::var("HERALD_FUZZ_CASES")
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-    })
-    .unwrap_or(ci)
-}
-
-fn config(ci: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases: cases(ci),
-        failure_persistence: Some(Box::new(FileFailurePersistence::SourceParallel(
-            "proptest-regressions",
-        ))),
-        ..ProptestConfig::default()
-    }
-}
 
 // ---- a stream that hands out its bytes in given pieces ----
 

@@ -20,33 +20,21 @@ use bytes::Bytes;
 use herald_protocol::Encoding;
 use herald_protocol::api::{HistoryPage, PositionsAnswer, PublishAnswer};
 use herald_protocol::server::{Message, MessageKind};
+use herald_testkit::fuzz::config;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use proptest::prelude::*;
-use proptest::test_runner::{FileFailurePersistence, TestRunner};
+use proptest::test_runner::TestRunner;
 use serde_json::{Value, json};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, OnceLock};
-
-// ---- case counts ----
-
-/// Cases per property: `HERALD_FUZZ_CASES` when set (the long local run),
-/// else the property's CI count. The variable is read once per process.
-fn cases(ci: u32) -> u32 {
-    static LONG: OnceLock<Option<u32>> = OnceLock::new();
-    LONG.get_or_init(|| {
-        std::env::var("HERALD_FUZZ_CASES")
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-    })
-    .unwrap_or(ci)
-}
 
 /// Runs one property with a harness that lives for all its cases (the
 /// `proptest!` macro would build one per case), persisting failures like
-/// the macro does.
+/// the macro does: in `proptest-regressions/fuzz.txt` beside `src/`, found
+/// from this file (`source_file`, which the macro would set).
 fn run<S: Strategy>(
     name: &'static str,
     ci: u32,
@@ -55,13 +43,9 @@ fn run<S: Strategy>(
 ) {
     let h = Harness::new();
     let mut runner = TestRunner::new(ProptestConfig {
-        cases: cases(ci),
-        failure_persistence: Some(Box::new(FileFailurePersistence::SourceParallel(
-            "proptest-regressions",
-        ))),
         source_file: Some(file!()),
         test_name: Some(name),
-        ..ProptestConfig::default()
+        ..config(ci)
     });
     if let Err(e) = runner.run(&strategy, |v| test(&h, v)) {
         panic!("{name}: {e}\n{runner}");

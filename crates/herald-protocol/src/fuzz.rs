@@ -23,37 +23,10 @@ use crate::{
     decode_request, encode, encode_request,
 };
 use bytes::Bytes;
+use herald_testkit::fuzz::config;
 use proptest::prelude::*;
 use proptest::strategy::Union;
-use proptest::test_runner::FileFailurePersistence;
 use serde_json::Value;
-use std::sync::OnceLock;
-
-// ---- case counts ----
-
-/// Cases per property: `HERALD_FUZZ_CASES` when set (the long local run),
-/// else the property's CI count. The variable is read once per process.
-fn cases(ci: u32) -> u32 {
-    static LONG: OnceLock<Option<u32>> = OnceLock::new();
-    LONG.get_or_init(|| {
-        std::env::var("HERALD_FUZZ_CASES")
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-    })
-    .unwrap_or(ci)
-}
-
-/// The proptest config of a property: its case count, failures persisted
-/// beside `src/` in `proptest-regressions/` (committed).
-fn config(ci: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases: cases(ci),
-        failure_persistence: Some(Box::new(FileFailurePersistence::SourceParallel(
-            "proptest-regressions",
-        ))),
-        ..ProptestConfig::default()
-    }
-}
 
 /// The error codes PROTOCOL.md section 4 allows for an undecodable request.
 const REQUEST_CODES: [ErrorCode; 4] = [

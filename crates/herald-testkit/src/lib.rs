@@ -15,6 +15,8 @@
 //!   partition, sever, down) to put between a client and a private server.
 //! - [`herald`]: the binary ([`herald_bin`]) run as a [`HeraldProcess`]
 //!   configured by [`HeraldOptions`].
+//! - `fuzz` (feature `proptest`): the proptest config of the crates'
+//!   `#[cfg(test)] mod fuzz` (case counts, regression files).
 //! - `child.rs`: finding binaries, signalling and reaping children by PID,
 //!   log tails, and the guardian that stops a server when the test process
 //!   dies without running destructors. Every server handle is built on it.
@@ -32,6 +34,8 @@ use std::time::Duration;
 
 mod child;
 pub mod cluster;
+#[cfg(feature = "proptest")]
+pub mod fuzz;
 pub mod herald;
 pub mod nginx;
 pub mod postgres;
