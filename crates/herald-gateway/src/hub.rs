@@ -671,7 +671,8 @@ impl Hub {
         let mut out = FanOut::start(&self.gate);
         // Ephemeral frames go to live subscribers only. Buffering ones are
         // mid-subscribe; they did not hold the channel when it was sent.
-        for sub in &chan.subs {
+        for (i, sub) in chan.subs.iter().enumerate() {
+            out.read_ahead(&chan.subs, i);
             if e.presence_only && !sub.presence {
                 continue;
             }
@@ -902,6 +903,27 @@ impl<'a> FanOut<'a> {
         }
     }
 
+    /// Before subscriber `i` of a direct fan-out, every [`TOUCH_AHEAD`]
+    /// subscribers: reads the next ones' outbox lock lines, then their
+    /// socket handles. Each subscriber's first read is otherwise a cache
+    /// miss after the kernel's send path has run over the caches; read
+    /// together, the misses overlap (a syscall's entry waits for pending
+    /// loads, so one at a time they would not). Two passes, because the
+    /// second takes each lock (`try_lock`), a locked instruction that would
+    /// wait for the misses one by one.
+    fn read_ahead(&self, subs: &[Sub], i: usize) {
+        if !self.direct || !i.is_multiple_of(TOUCH_AHEAD) {
+            return;
+        }
+        let ahead = &subs[i..(i + TOUCH_AHEAD).min(subs.len())];
+        for s in ahead {
+            s.conn.outbox.touch();
+        }
+        for s in ahead {
+            s.conn.outbox.touch_socket();
+        }
+    }
+
     fn finish(self, sent: &m::Sent) {
         if self.frames > 0 {
             sent.frames.increment(self.frames);
@@ -927,20 +949,7 @@ fn deliver_message(
     m::delivery_lag().record(lag as f64 / 1000.0);
     let mut out = FanOut::start(gate);
     for i in 0..chan.subs.len() {
-        if out.direct && i % TOUCH_AHEAD == 0 {
-            // Direct writes: each subscriber's first read is its outbox's
-            // lock word, a cache miss after the kernel's send path has run
-            // over the caches. Reading the next few together lets those
-            // misses overlap (a syscall's entry waits for pending loads, so
-            // one at a time they would not).
-            let end = (i + TOUCH_AHEAD).min(chan.subs.len());
-            for s in &chan.subs[i..end] {
-                s.conn.outbox.touch();
-            }
-            for s in &chan.subs[i..end] {
-                s.conn.outbox.touch_socket();
-            }
-        }
+        out.read_ahead(&chan.subs, i);
         let sub = &mut chan.subs[i];
         match &mut sub.state {
             SubState::Live { after } => {
