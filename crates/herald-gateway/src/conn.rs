@@ -37,8 +37,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant, SystemTime};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
 use tracing::Instrument;
 
 /// Boxed read half (the upgraded TCP stream, or a generic split).
@@ -54,7 +54,7 @@ pub enum Writer {
 
 impl Writer {
     /// The socket fan-out may write to directly, when there is one.
-    fn direct(&self) -> Option<Arc<OwnedWriteHalf>> {
+    fn direct(&self) -> Option<Arc<TcpStream>> {
         match self {
             Self::Tcp(w) => Some(w.0.clone()),
             Self::Other(_) => None,
@@ -107,12 +107,46 @@ impl AsyncWrite for Writer {
     }
 }
 
+/// The reader's handle to a TCP socket shared with the writer and the
+/// outbox: one `Arc<TcpStream>` for all three, so that a direct write
+/// ([`Outbox::deliver`]) reaches the file descriptor through one pointer
+/// (tokio's `into_split` would put an `OwnedWriteHalf` allocation between
+/// the two). Reads wait for read readiness, writes for write readiness:
+/// tokio keeps a waker per direction, so the reader and the writer do not
+/// steal each other's wake-ups.
+pub struct SharedTcpReader(pub Arc<TcpStream>);
+
+impl AsyncRead for SharedTcpReader {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        loop {
+            ready!(self.0.poll_read_ready(cx))?;
+            // Zeroes what the buffer has not initialised yet (`unsafe` is
+            // forbidden here): at most the read chunk, 2 KiB
+            // (`ws::FrameReader`), once per read.
+            match self.0.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                // A stale readiness: `try_read` has cleared it; wait again.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
 /// The writer's handle to a TCP socket whose outbox also writes to it
-/// directly ([`Outbox::deliver`]): both share one [`OwnedWriteHalf`], which
-/// shuts the write side down when the last of them is dropped. Only one of
-/// them writes at a time (the outbox's `writing` rule), so the readiness
-/// waker below is the writer's alone: direct writes never poll.
-pub struct SharedTcpWriter(pub Arc<OwnedWriteHalf>);
+/// directly ([`Outbox::deliver`]). Only one of them writes at a time (the
+/// outbox's `writing` rule), so the readiness waker below is the writer's
+/// alone: direct writes never poll. Dropping it shuts the write side down
+/// (our FIN), as tokio's `OwnedWriteHalf` does, though the reader still
+/// holds the socket (it lingers for the peer's close).
+pub struct SharedTcpWriter(pub Arc<TcpStream>);
 
 impl SharedTcpWriter {
     /// Waits for write readiness, then runs `op`; a `WouldBlock` (a stale
@@ -120,16 +154,26 @@ impl SharedTcpWriter {
     fn poll_io<T>(
         &self,
         cx: &mut Context<'_>,
-        mut op: impl FnMut(&OwnedWriteHalf) -> std::io::Result<T>,
+        mut op: impl FnMut(&TcpStream) -> std::io::Result<T>,
     ) -> Poll<std::io::Result<T>> {
-        let tcp: &tokio::net::TcpStream = (*self.0).as_ref();
         loop {
-            ready!(tcp.poll_write_ready(cx))?;
+            ready!(self.0.poll_write_ready(cx))?;
             match op(&self.0) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 r => return Poll::Ready(r),
             }
         }
+    }
+
+    fn shutdown_write(&self) -> std::io::Result<()> {
+        socket2::SockRef::from(&*self.0).shutdown(std::net::Shutdown::Write)
+    }
+}
+
+impl Drop for SharedTcpWriter {
+    fn drop(&mut self) {
+        // Already shut down (the close path) or reset: nothing to do.
+        let _ = self.shutdown_write();
     }
 }
 
@@ -160,8 +204,7 @@ impl AsyncWrite for SharedTcpWriter {
 
     /// Sends our FIN now (the close path), whoever else holds the socket.
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let tcp: &tokio::net::TcpStream = (*self.0).as_ref();
-        Poll::Ready(socket2::SockRef::from(tcp).shutdown(std::net::Shutdown::Write))
+        Poll::Ready(self.shutdown_write())
     }
 }
 
@@ -327,7 +370,7 @@ pub fn run(
     futures_util::future::join(writer, reader).map(|((), ())| ())
 }
 
-fn new_handle(gw: &Inner, enc: Encoding, direct: Option<Arc<OwnedWriteHalf>>) -> Arc<ConnHandle> {
+fn new_handle(gw: &Inner, enc: Encoding, direct: Option<Arc<TcpStream>>) -> Arc<ConnHandle> {
     let outbox = Outbox::new(gw.cfg.limits.max_queue_bytes);
     if let Some(sock) = direct {
         outbox.attach(sock);
@@ -1393,9 +1436,8 @@ mod tests {
         socket2::SockRef::from(&c)
             .set_recv_buffer_size(4096)
             .unwrap();
-        let (_r, w) = s.into_split();
-        w.writable().await.unwrap();
-        let w = Arc::new(w);
+        s.writable().await.unwrap();
+        let w = Arc::new(s);
         let o = Arc::new(Outbox::new(64 << 20));
         o.attach(w.clone());
 

@@ -524,15 +524,20 @@ impl Gateway {
     }
 }
 
-/// The upgraded socket, split: the raw TCP halves when possible (lock-free),
-/// with bytes hyper already read replayed first. For TCP the write half is
-/// shared with the outbox for direct writes ([`outbox::Outbox::deliver`]).
+/// The upgraded socket, split: over TCP one socket shared by the reader, the
+/// writer and the outbox (lock-free: tokio keeps readiness per direction;
+/// the outbox writes directly, [`outbox::Outbox::deliver`]), with bytes
+/// hyper already read replayed first.
 fn split_upgraded(io: TokioIo<hyper::upgrade::Upgraded>) -> (conn::Reader, conn::Writer) {
     let upgraded = io.into_inner();
     match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
         Ok(parts) => {
-            let (r, w) = parts.io.into_inner().into_split();
-            let wr = conn::Writer::Tcp(conn::SharedTcpWriter(Arc::new(w)));
+            // One allocation shared by the reader, the writer and the
+            // outbox (not `into_split`, which adds a write half between the
+            // outbox and the socket: a cache miss per direct write).
+            let tcp = Arc::new(parts.io.into_inner());
+            let wr = conn::Writer::Tcp(conn::SharedTcpWriter(tcp.clone()));
+            let r = conn::SharedTcpReader(tcp);
             if parts.read_buf.is_empty() {
                 // Dropping the empty view frees hyper's 8 KiB read buffer,
                 // which would otherwise live as long as the connection.

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use herald_protocol::CloseCode;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 /// A connection's outbound queue. `repr(C)`: the lock and the state a
@@ -56,7 +56,7 @@ struct State {
     /// The socket, for direct writes ([`Outbox::deliver`]); `None` for
     /// non-TCP connections and once the writer has stopped (so a hub that
     /// still holds the connection does not keep its socket open).
-    sock: Option<Arc<OwnedWriteHalf>>,
+    sock: Option<Arc<TcpStream>>,
     bytes: usize,
     queue: VecDeque<Bytes>,
     /// The pong not yet written, if any: a newer one replaces it (RFC 6455
@@ -184,8 +184,7 @@ impl Outbox {
             // its own per connection, and a direct write needs none (it is
             // never awaited; a `WouldBlock` goes to the writer, which waits
             // for readiness itself, `SharedTcpWriter::poll_io`).
-            let tcp: &tokio::net::TcpStream = (**sock).as_ref();
-            match socket2::SockRef::from(tcp).send(frame) {
+            match socket2::SockRef::from(&**sock).send(frame) {
                 Ok(n) if n == frame.len() => return Delivered::Written,
                 Ok(n) => written = n,
                 // WouldBlock: the writer waits for the socket. Any other
@@ -214,14 +213,13 @@ impl Outbox {
     }
 
     /// Reads what a direct write will read after the lock: the socket's
-    /// handle and its file descriptor (two more allocations). Skipped when
-    /// the lock is taken (the writer is at work; nothing to gain).
+    /// file descriptor (one more allocation). Skipped when the lock is
+    /// taken (the writer is at work; nothing to gain).
     pub fn touch_socket(&self) {
         if let Ok(s) = self.state.try_lock()
             && let Some(sock) = &s.sock
         {
-            let tcp: &tokio::net::TcpStream = (**sock).as_ref();
-            std::hint::black_box(std::os::fd::AsRawFd::as_raw_fd(tcp));
+            std::hint::black_box(std::os::fd::AsRawFd::as_raw_fd(&**sock));
         }
     }
 
@@ -250,7 +248,7 @@ impl Outbox {
     /// ([`Outbox::deliver`]). The writer keeps writing through its own
     /// handle to the same socket; the outbox drops this one when the writer
     /// stops.
-    pub fn attach(&self, sock: Arc<OwnedWriteHalf>) {
+    pub fn attach(&self, sock: Arc<TcpStream>) {
         let mut s = self.lock();
         if !s.dead && !s.finished {
             s.sock = Some(sock);
@@ -535,15 +533,15 @@ mod tests {
         assert!(o.push(Bytes::from_static(b"0123456789")));
     }
 
-    /// A connected pair on 127.0.0.1: the server side split as a
-    /// connection is (the write half shared), and the client. With `small`
+    /// A connected pair on 127.0.0.1: the server side shared as a
+    /// connection's is (reader, writer and outbox), and the client. With `small`
     /// socket buffers a peer that does not read fills them fast (but one
     /// that reads much through them waits on delayed acks).
     async fn tcp_pair_with(
         small: bool,
     ) -> (
-        tokio::net::tcp::OwnedReadHalf,
-        Arc<OwnedWriteHalf>,
+        crate::conn::SharedTcpReader,
+        Arc<TcpStream>,
         tokio::net::TcpStream,
     ) {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -559,16 +557,16 @@ mod tests {
                 .set_recv_buffer_size(4096)
                 .unwrap();
         }
-        let (r, w) = s.into_split();
         // Hyper has written the 101 through this socket before fan-out
         // sees it: its write readiness is known.
-        w.writable().await.unwrap();
-        (r, Arc::new(w), c)
+        s.writable().await.unwrap();
+        let s = Arc::new(s);
+        (crate::conn::SharedTcpReader(s.clone()), s, c)
     }
 
     async fn tcp_pair() -> (
-        tokio::net::tcp::OwnedReadHalf,
-        Arc<OwnedWriteHalf>,
+        crate::conn::SharedTcpReader,
+        Arc<TcpStream>,
         tokio::net::TcpStream,
     ) {
         tcp_pair_with(true).await
@@ -768,5 +766,38 @@ mod tests {
         assert_eq!(got, b"msgbye");
         o.mark_dead();
         o.finish();
+    }
+
+    #[tokio::test]
+    async fn the_writer_going_sends_the_fin_while_the_reader_lingers() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut r, w, mut c) = tcp_pair().await;
+        let mut wr = crate::conn::SharedTcpWriter(w.clone());
+        let o = Arc::new(Outbox::new(1 << 20));
+        o.attach(w);
+        assert_eq!(o.deliver(&Bytes::from_static(b"one")), Delivered::Written);
+        wr.write_all(b"two").await.unwrap();
+        // The writer stops without a close (its socket failed, or a stuck
+        // write ran out of grace): the outbox lets go, the writer drops.
+        o.mark_dead();
+        o.finish();
+        drop(wr);
+        // The reader still holds the socket (it lingers): the peer sees
+        // our FIN all the same, after everything written.
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut got))
+            .await
+            .expect("the peer sees the FIN")
+            .unwrap();
+        assert_eq!(got, b"onetwo");
+        // And the reader still reads what the peer sends, then its close.
+        c.write_all(b"late").await.unwrap();
+        c.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), r.read_to_end(&mut back))
+            .await
+            .expect("the reader sees the peer's close")
+            .unwrap();
+        assert_eq!(back, b"late");
     }
 }
