@@ -374,3 +374,57 @@ async fn first_eviction_after_open_sweeps_what_a_larger_retention_kept() {
         .expect("append");
     assert_eq!(kept(&store, &c).await, vec![27, 28, 29, 30, 31]);
 }
+
+/// A batch that appends more than `keep` messages to a channel evicts some
+/// of its own rows (a statement after its insert, as the insert's own
+/// statement does not see them), while the same batch's eviction of older
+/// rows of another channel still happens: with 5 kept, x (3 stored) gets
+/// 10 more, 8 of them in one batch behind x's row lock, and y (7 stored)
+/// one more in that batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_past_the_bound_evicts_its_own_rows_too() {
+    let db = test_database().await;
+    let store = Arc::new(PgStore::open(db.url(), keep_five()).await.expect("open"));
+    let (x, y) = (ch("evict_batch_x"), ch("evict_batch_y"));
+    for i in 1..=3 {
+        store
+            .append(req(&[&x], &i.to_string(), &format!("x-{i}")))
+            .await
+            .expect("append");
+    }
+    for i in 1..=7 {
+        store
+            .append(req(&[&y], &i.to_string(), &format!("y-{i}")))
+            .await
+            .expect("append");
+    }
+    assert_eq!(kept(&store, &y).await, vec![3, 4, 5, 6, 7]);
+
+    let mut blocker = sqlx::PgConnection::connect(db.url())
+        .await
+        .expect("connect");
+    let mut tx = blocker.begin().await.expect("begin");
+    sqlx::query("SELECT 1 FROM channels WHERE name = $1 FOR UPDATE")
+        .bind(x.as_str())
+        .execute(&mut *tx)
+        .await
+        .expect("lock x");
+    // Each writer takes one alone, then waits for x.
+    let mut handles = vec![queue(&store, req(&[&x], "0", "x-lone-a")).await];
+    taken(&store).await;
+    handles.push(queue(&store, req(&[&x], "0", "x-lone-b")).await);
+    taken(&store).await;
+    for i in 0..8 {
+        handles.push(queue(&store, req(&[&x], &i.to_string(), &format!("x-b-{i}"))).await);
+    }
+    handles.push(queue(&store, req(&[&y], "8", "y-8")).await);
+    tx.commit().await.expect("commit");
+    blocker.close().await.expect("close");
+    for h in handles {
+        h.await.expect("answered").expect("append");
+    }
+    assert_eq!(kept(&store, &x).await, vec![9, 10, 11, 12, 13]);
+    assert_eq!(kept(&store, &y).await, vec![4, 5, 6, 7, 8]);
+    let h = store.history(&x, 0, 100).await.expect("history");
+    assert_eq!((h.first_seq, h.last_seq), (9, 13));
+}

@@ -13,7 +13,9 @@
 //!   [lock every key of the batch: pg_advisory_xact_lock, sorted; read their rows]
 //!   take a hand-off ticket (handoff.rs)
 //!   judge and assign seqs in memory, job by job
-//!   INSERT all messages; [UPSERT all key rows]; UPDATE last_seq; [evict]
+//!   one statement: INSERT all messages, UPDATE last_seq, [evict older rows]
+//!   [evict this batch's own rows, when it passes the bound: its own DELETE]
+//!   [UPSERT all key rows]; [INSERT webhook events]
 //! COMMIT, then answer every job (stored ones through the commit sink, in
 //! ticket order, when one is set)
 //! ```
@@ -407,21 +409,77 @@ async fn attempt(
         }));
     }
 
-    // The batch's writes.
+    // The counters that moved, and what they move past the retention bound.
+    let mut moved: Vec<(&str, i64)> = counters
+        .iter()
+        .filter(|(n, v)| start.get(n.as_str()) != Some(v))
+        .map(|(n, v)| (n.as_str(), *v))
+        .collect();
+    moved.sort_unstable();
+    // Evict (lower, bound]: from the old bound for a channel already
+    // swept by this store, else from the start (`Swept`).
+    let mut evict = Evictions::default();
+    {
+        let swept = settings.swept.lock();
+        for &(n, v) in &moved {
+            let Some(bound) = append::evict_through(v, settings.keep) else {
+                continue;
+            };
+            let old = start.get(n).copied().unwrap_or(0);
+            let lower = if swept.contains(n) {
+                append::evict_through(old, settings.keep).unwrap_or(0)
+            } else {
+                0
+            };
+            if bound > lower {
+                evict.name.push(n);
+                evict.lower.push(lower);
+                evict.bound.push(bound);
+                // A bound past the old `last_seq` evicts rows this batch
+                // writes: the DELETE must see them (below).
+                evict.reaches_new |= bound > old;
+            }
+        }
+    }
+
+    // The batch's writes. Messages, counters and (when it only reaches
+    // rows committed before) the eviction go in one statement: one round
+    // trip, not three. Its parts run on one snapshot, which is why an
+    // eviction that reaches this batch's own rows is a statement of its
+    // own after it (`reaches_new`: more than `keep` appends to a channel
+    // in one batch). `moved` is non-empty exactly when `msgs` is.
     if !msgs.channel.is_empty() {
-        sqlx::query(
-            "INSERT INTO messages (channel, seq, id, ts, sender, data) SELECT * FROM \
-             unnest($1::text[], $2::int8[], $3::text[], $4::int8[], $5::text[], $6::bytea[])",
-        )
-        .bind(&msgs.channel)
-        .bind(&msgs.seq)
-        .bind(&msgs.id)
-        .bind(&msgs.ts)
-        .bind(&msgs.sender)
-        .bind(&msgs.data)
-        .execute(&mut *tx)
-        .await
-        .map_err(stmt)?;
+        let (ns, vs): (Vec<&str>, Vec<i64>) = moved.iter().copied().unzip();
+        let with_evict = !evict.name.is_empty() && !evict.reaches_new;
+        let sql = if with_evict {
+            WRITE_MESSAGES_COUNTERS_EVICT
+        } else {
+            WRITE_MESSAGES_COUNTERS
+        };
+        let q = sqlx::query(sql)
+            .bind(&msgs.channel)
+            .bind(&msgs.seq)
+            .bind(&msgs.id)
+            .bind(&msgs.ts)
+            .bind(&msgs.sender)
+            .bind(&msgs.data)
+            .bind(&ns)
+            .bind(&vs);
+        let q = if with_evict {
+            q.bind(&evict.name).bind(&evict.lower).bind(&evict.bound)
+        } else {
+            q
+        };
+        q.execute(&mut *tx).await.map_err(stmt)?;
+        if evict.reaches_new {
+            sqlx::query(EVICT)
+                .bind(&evict.name)
+                .bind(&evict.lower)
+                .bind(&evict.bound)
+                .execute(&mut *tx)
+                .await
+                .map_err(stmt)?;
+        }
     }
     if !key_rows.is_empty() {
         let col = |f: for<'r> fn(&'r KeyRow<'_>) -> &'r str| {
@@ -454,63 +512,35 @@ async fn attempt(
             .await
             .map_err(stmt)?;
     }
-    let mut moved: Vec<(&str, i64)> = counters
-        .iter()
-        .filter(|(n, v)| start.get(n.as_str()) != Some(v))
-        .map(|(n, v)| (n.as_str(), *v))
-        .collect();
-    moved.sort_unstable();
-    // Evict (lower, bound]: from the old bound for a channel already
-    // swept by this store, else from the start (`Swept`).
-    let mut evict = Evictions::default();
-    {
-        let swept = settings.swept.lock();
-        for &(n, v) in &moved {
-            let Some(bound) = append::evict_through(v, settings.keep) else {
-                continue;
-            };
-            let lower = match start.get(n) {
-                Some(&old) if swept.contains(n) => {
-                    append::evict_through(old, settings.keep).unwrap_or(0)
-                }
-                _ => 0,
-            };
-            if bound > lower {
-                evict.name.push(n);
-                evict.lower.push(lower);
-                evict.bound.push(bound);
-            }
-        }
-    }
-    if !moved.is_empty() {
-        let (ns, vs): (Vec<&str>, Vec<i64>) = moved.iter().copied().unzip();
-        sqlx::query(
-            "UPDATE channels SET last_seq = u.v FROM unnest($1::text[], $2::int8[]) AS u(n, v) \
-             WHERE channels.name = u.n",
-        )
-        .bind(&ns)
-        .bind(&vs)
-        .execute(&mut *tx)
-        .await
-        .map_err(stmt)?;
-        if !evict.name.is_empty() {
-            sqlx::query(
-                "DELETE FROM messages m USING unnest($1::text[], $2::int8[], $3::int8[]) \
-                 AS u(n, lo, b) WHERE m.channel = u.n AND m.seq > u.lo AND m.seq <= u.b",
-            )
-            .bind(&evict.name)
-            .bind(&evict.lower)
-            .bind(&evict.bound)
-            .execute(&mut *tx)
-            .await
-            .map_err(stmt)?;
-        }
-    }
     tx.commit().await.map_err(|e| Failure::Batch(e.into()))?;
     // Only now: a rolled-back eviction evicted nothing.
     settings.swept.insert(evict.name.iter().copied());
     Ok((results, ticket))
 }
+
+/// A batch's messages (`$1`..`$6`, by column) and its channels' new
+/// `last_seq` (`$7`, `$8`), in one statement.
+const WRITE_MESSAGES_COUNTERS: &str = "WITH counters AS (\
+     UPDATE channels SET last_seq = u.v FROM unnest($7::text[], $8::int8[]) AS u(n, v) \
+     WHERE channels.name = u.n) \
+     INSERT INTO messages (channel, seq, id, ts, sender, data) SELECT * FROM \
+     unnest($1::text[], $2::int8[], $3::text[], $4::int8[], $5::text[], $6::bytea[])";
+
+/// [`WRITE_MESSAGES_COUNTERS`] and the evictions (`$9`..`$11`, as
+/// [`EVICT`]'s `$1`..`$3`) of rows committed before the batch: the
+/// statement's parts share one snapshot, so the `DELETE` does not see the
+/// rows the `INSERT` adds (it must not need to).
+const WRITE_MESSAGES_COUNTERS_EVICT: &str = "WITH counters AS (\
+     UPDATE channels SET last_seq = u.v FROM unnest($7::text[], $8::int8[]) AS u(n, v) \
+     WHERE channels.name = u.n), \
+     evicted AS (DELETE FROM messages m USING unnest($9::text[], $10::int8[], $11::int8[]) \
+     AS e(n, lo, b) WHERE m.channel = e.n AND m.seq > e.lo AND m.seq <= e.b) \
+     INSERT INTO messages (channel, seq, id, ts, sender, data) SELECT * FROM \
+     unnest($1::text[], $2::int8[], $3::text[], $4::int8[], $5::text[], $6::bytea[])";
+
+/// Evicts `(lower, bound]` of each channel (by column).
+const EVICT: &str = "DELETE FROM messages m USING unnest($1::text[], $2::int8[], $3::int8[]) \
+     AS e(n, lo, b) WHERE m.channel = e.n AND m.seq > e.lo AND m.seq <= e.b";
 
 /// The evictions of a batch, by column (one `unnest` delete).
 #[derive(Default)]
@@ -518,6 +548,8 @@ struct Evictions<'a> {
     name: Vec<&'a str>,
     lower: Vec<i64>,
     bound: Vec<i64>,
+    /// Some bound is past its channel's `last_seq` before the batch.
+    reaches_new: bool,
 }
 
 /// The message rows of a batch, by column (one `unnest` insert).
