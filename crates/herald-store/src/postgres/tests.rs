@@ -428,3 +428,48 @@ async fn a_batch_past_the_bound_evicts_its_own_rows_too() {
     let h = store.history(&x, 0, 100).await.expect("history");
     assert_eq!((h.first_seq, h.last_seq), (9, 13));
 }
+
+/// The writers keep their connections from batch to batch
+/// (`writer::Conn`): when the server drops them meanwhile (a restart, or
+/// here `pg_terminate_backend`), the next batch's `BEGIN` fails on the dead
+/// one, and the writer runs the batch again on a connection the pool has
+/// checked: no publish fails, no seq is skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_connection_the_server_dropped_costs_no_append() {
+    let (store, db) = open().await;
+    let c = ch("held_conn");
+    // Both writers take a connection and keep it.
+    let a = queue(&store, req(&[&c], "1", "h-1")).await;
+    taken(&store).await;
+    let b = queue(&store, req(&[&c], "2", "h-2")).await;
+    a.await.expect("answered").expect("append");
+    b.await.expect("answered").expect("append");
+
+    let mut admin = sqlx::PgConnection::connect(db.url())
+        .await
+        .expect("connect");
+    let dropped: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND application_name = 'herald'",
+    )
+    .fetch_all(&mut admin)
+    .await
+    .expect("terminate");
+    assert!(!dropped.is_empty(), "the store's connections were found");
+    admin.close().await.expect("close");
+
+    // Both writers' kept connections are dead: two appends at once, so
+    // that each writer meets its own.
+    let x = queue(&store, req(&[&c], "3", "h-3")).await;
+    taken(&store).await;
+    let y = queue(&store, req(&[&c], "4", "h-4")).await;
+    x.await.expect("answered").expect("append after the drop");
+    y.await.expect("answered").expect("append after the drop");
+    let stored = store
+        .append(req(&[&c], "5", "h-5"))
+        .await
+        .expect("append");
+    assert_eq!(stored.seqs, vec![(c.clone(), 5)]);
+    assert_eq!(history_seqs_ids(&store, &c).await.len(), 5, "history holds 1..=5");
+    store.close().await;
+}

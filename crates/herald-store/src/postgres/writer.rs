@@ -4,8 +4,8 @@
 //! [`PgStore`](super::PgStore) sends each append as a [`Job`] with a oneshot
 //! reply over a bounded channel (awaiting a full channel is the
 //! backpressure). A writer takes everything queued, up to [`MAX_BATCH`], and
-//! runs it as one transaction on a pooled connection, in a fixed number of
-//! round trips whatever the batch size:
+//! runs it as one transaction on its connection ([`Conn`]: kept from batch
+//! to batch), in a fixed number of round trips whatever the batch size:
 //!
 //! ```text
 //! BEGIN
@@ -59,8 +59,9 @@ use super::handoff::{Handoff, Ticket};
 use crate::append::{self, Plan, Remembered, Verdict};
 use crate::{AppendRequest, Appended, StoreConfig, StoreError};
 use sha2::{Digest, Sha256};
-use sqlx::Row;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgPool, PgRow};
+use sqlx::{Connection as _, Postgres, Row};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -161,17 +162,74 @@ impl Swept {
     }
 }
 
+/// How long a writer keeps its connection without a batch: past it the
+/// connection goes back to the pool, and the next batch takes one the pool
+/// has pinged.
+pub(super) const KEEP_IDLE: Duration = Duration::from_secs(1);
+
+/// A writer's connection, kept from batch to batch. sqlx's pool pings a
+/// connection when it hands it out and again when it takes it back: two
+/// round trips on top of a batch's four (`BEGIN`, upsert, write, `COMMIT`)
+/// if each batch took one from the pool. Kept only while batches come at
+/// least every [`KEEP_IDLE`] (a connection the server closed meanwhile,
+/// e.g. a PostgreSQL restart, is then found by the pool's ping, not by a
+/// batch), dropped after a batch that failed on it (connection lost, a
+/// failed `COMMIT`), and given back when the pool closes
+/// ([`PgStore::close`](super::PgStore::close) waits for it).
+struct Conn {
+    pool: PgPool,
+    held: Option<(PoolConnection<Postgres>, Instant)>,
+}
+
+impl Conn {
+    /// The held connection, or one from the pool.
+    async fn get(&mut self) -> Result<&mut PoolConnection<Postgres>, sqlx::Error> {
+        if self.pool.is_closed() {
+            self.held = None;
+            return Err(sqlx::Error::PoolClosed);
+        }
+        if self
+            .held
+            .as_ref()
+            .is_some_and(|(_, used)| used.elapsed() > KEEP_IDLE)
+        {
+            self.held = None;
+        }
+        let held = match self.held.take() {
+            Some((conn, _)) => conn,
+            None => self.pool.acquire().await?,
+        };
+        let (conn, _) = self.held.insert((held, Instant::now()));
+        Ok(conn)
+    }
+
+    /// Gives the connection back to the pool (which checks it).
+    fn release(&mut self) {
+        self.held = None;
+    }
+}
+
 /// One writer: runs until every sender is gone.
 pub(super) async fn run(pool: PgPool, settings: Settings, queue: Queue, handoff: Arc<Handoff>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let closed = pool.close_event();
+    tokio::pin!(closed);
+    let mut conn = Conn { pool, held: None };
     loop {
-        let taken = queue.lock().await.recv_many(&mut batch, MAX_BATCH).await;
+        let taken = tokio::select! {
+            // `recv_many` is cancel-safe: nothing is taken if `closed` wins.
+            n = async { queue.lock().await.recv_many(&mut batch, MAX_BATCH).await } => n,
+            () = &mut closed, if conn.held.is_some() => {
+                conn.release();
+                continue;
+            }
+        };
         if taken == 0 {
             return;
         }
         batch.retain(|j: &Job| !j.reply.is_closed());
         if !batch.is_empty() {
-            commit(&pool, &settings, &handoff, std::mem::take(&mut batch)).await;
+            commit(&mut conn, &settings, &handoff, std::mem::take(&mut batch)).await;
         }
     }
 }
@@ -181,8 +239,10 @@ enum Failure {
     /// A statement before `COMMIT` failed with a database error: the batch is
     /// rolled back, and some job may be the cause.
     Statement(sqlx::Error),
-    /// Anything else: connection, `BEGIN` or `COMMIT` failed; or stored
-    /// channel data is unreadable.
+    /// `BEGIN` failed: nothing of the batch reached the database.
+    Begin(sqlx::Error),
+    /// Anything else: connection or `COMMIT` failed; or stored channel data
+    /// is unreadable.
     Batch(StoreError),
 }
 
@@ -203,10 +263,27 @@ fn rolled_back(why: &str) -> StoreError {
 }
 
 /// Commits `jobs` (non-empty) and answers every one.
-async fn commit(pool: &PgPool, settings: &Settings, handoff: &Arc<Handoff>, jobs: Vec<Job>) {
+async fn commit(conn: &mut Conn, settings: &Settings, handoff: &Arc<Handoff>, jobs: Vec<Job>) {
     let mut retried = false;
+    let mut fresh = false;
     let failure = loop {
-        match attempt(pool, settings, handoff, &jobs).await {
+        let kept = conn.held.is_some();
+        let tried = match conn.get().await {
+            Ok(c) => attempt(c, settings, handoff, &jobs).await,
+            Err(e) => Err(Failure::Batch(e.into())),
+        };
+        if matches!(tried, Err(Failure::Batch(_) | Failure::Begin(_))) {
+            // The connection may be broken: the pool checks it.
+            conn.release();
+        }
+        match tried {
+            // A kept connection the server closed since the last batch (a
+            // restart): once more on one the pool has checked.
+            Err(Failure::Begin(e)) if kept && !fresh => {
+                tracing::debug!(error = %e, "postgres connection lost while kept; batch retried");
+                fresh = true;
+            }
+            Err(Failure::Begin(e)) => break e.into(),
             Ok((results, ticket)) => {
                 tracing::trace!(size = jobs.len(), "postgres batch committed");
                 ticket.deliver(jobs.into_iter().zip(results).collect());
@@ -220,7 +297,7 @@ async fn commit(pool: &PgPool, settings: &Settings, handoff: &Arc<Handoff>, jobs
                 // Find the culprit: one transaction per job, in order.
                 tracing::warn!(size = jobs.len(), error = %e, "postgres batch split");
                 for job in jobs {
-                    Box::pin(commit(pool, settings, handoff, vec![job])).await;
+                    Box::pin(commit(conn, settings, handoff, vec![job])).await;
                 }
                 return;
             }
@@ -252,7 +329,7 @@ struct KeyRow<'a> {
 /// One transaction for `jobs`; on success, one result per job and the
 /// batch's hand-off turn (a failed attempt settles its turn by dropping it).
 async fn attempt(
-    pool: &PgPool,
+    conn: &mut PoolConnection<Postgres>,
     settings: &Settings,
     handoff: &Arc<Handoff>,
     jobs: &[Job],
@@ -261,7 +338,7 @@ async fn attempt(
         sqlx::Error::Database(_) => Failure::Statement(e),
         other => Failure::Batch(other.into()),
     };
-    let mut tx = pool.begin().await.map_err(|e| Failure::Batch(e.into()))?;
+    let mut tx = conn.begin().await.map_err(Failure::Begin)?;
 
     // Channel rows, locked in byte order (BTreeSet of &str), counters read.
     let names: Vec<&str> = jobs
