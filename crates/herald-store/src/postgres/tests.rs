@@ -93,6 +93,31 @@ async fn taken(store: &PgStore) {
     .await;
 }
 
+/// Takes channel `c`'s row lock in a transaction on a connection of its
+/// own, as another replica's batch would, until [`unlock_row`].
+async fn lock_row(url: &str, c: &ChannelName) -> sqlx::PgConnection {
+    let mut conn = sqlx::PgConnection::connect(url).await.expect("connect");
+    sqlx::query("BEGIN")
+        .execute(&mut conn)
+        .await
+        .expect("begin");
+    sqlx::query("SELECT 1 FROM channels WHERE name = $1 FOR UPDATE")
+        .bind(c.as_str())
+        .execute(&mut conn)
+        .await
+        .expect("lock the row");
+    conn
+}
+
+/// Commits [`lock_row`]'s transaction and closes its connection.
+async fn unlock_row(mut conn: sqlx::PgConnection) {
+    sqlx::query("COMMIT")
+        .execute(&mut conn)
+        .await
+        .expect("commit");
+    conn.close().await.expect("close");
+}
+
 /// Holds channel `x`'s row lock from another connection while both writers
 /// wait for it with one append each, so the appends queued meanwhile land in
 /// one batch, in this order: a conflict with an older key, a plain append, a
@@ -118,15 +143,7 @@ async fn one_failure_in_a_batch_leaves_the_others() {
     .await
     .expect("manual row");
 
-    let mut blocker = sqlx::PgConnection::connect(db.url())
-        .await
-        .expect("connect");
-    let mut tx = blocker.begin().await.expect("begin");
-    sqlx::query("SELECT 1 FROM channels WHERE name = $1 FOR UPDATE")
-        .bind(x.as_str())
-        .execute(&mut *tx)
-        .await
-        .expect("lock x");
+    let blocker = lock_row(db.url(), &x).await;
 
     // Each writer takes one alone, then waits for x.
     let lone_a = queue(&store, req(&[&x], "0", "id-lone-a")).await;
@@ -147,8 +164,7 @@ async fn one_failure_in_a_batch_leaves_the_others() {
     for r in jobs {
         handles.push(queue(&store, r).await);
     }
-    tx.commit().await.expect("commit");
-    blocker.close().await.expect("close");
+    unlock_row(blocker).await;
 
     let lone_a = lone_a.await.expect("answered").expect("append");
     let lone_b = lone_b.await.expect("answered").expect("append");
@@ -400,15 +416,7 @@ async fn a_batch_past_the_bound_evicts_its_own_rows_too() {
     }
     assert_eq!(kept(&store, &y).await, vec![3, 4, 5, 6, 7]);
 
-    let mut blocker = sqlx::PgConnection::connect(db.url())
-        .await
-        .expect("connect");
-    let mut tx = blocker.begin().await.expect("begin");
-    sqlx::query("SELECT 1 FROM channels WHERE name = $1 FOR UPDATE")
-        .bind(x.as_str())
-        .execute(&mut *tx)
-        .await
-        .expect("lock x");
+    let blocker = lock_row(db.url(), &x).await;
     // Each writer takes one alone, then waits for x.
     let mut handles = vec![queue(&store, req(&[&x], "0", "x-lone-a")).await];
     taken(&store).await;
@@ -418,8 +426,7 @@ async fn a_batch_past_the_bound_evicts_its_own_rows_too() {
         handles.push(queue(&store, req(&[&x], &i.to_string(), &format!("x-b-{i}"))).await);
     }
     handles.push(queue(&store, req(&[&y], "8", "y-8")).await);
-    tx.commit().await.expect("commit");
-    blocker.close().await.expect("close");
+    unlock_row(blocker).await;
     for h in handles {
         h.await.expect("answered").expect("append");
     }
