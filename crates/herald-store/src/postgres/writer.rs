@@ -167,23 +167,37 @@ impl Swept {
 /// has pinged.
 pub(super) const KEEP_IDLE: Duration = Duration::from_secs(1);
 
+/// How long a writer keeps one connection at most, however busy: then it
+/// goes back to the pool, whose `max_lifetime` (30 min) applies there, so
+/// a busy writer's connection is renewed like every other.
+pub(super) const KEEP_MAX: Duration = Duration::from_secs(30 * 60);
+
 /// A writer's connection, kept from batch to batch. sqlx's pool pings a
 /// connection when it hands it out and again when it takes it back: two
 /// round trips on top of a batch's four (`BEGIN`, upsert, write, `COMMIT`)
 /// if each batch took one from the pool. Kept only while batches come at
 /// least every [`KEEP_IDLE`] (a connection the server closed meanwhile,
 /// e.g. a PostgreSQL restart, is then found by the pool's ping, not by a
-/// batch), dropped after a batch that failed on it (connection lost, a
-/// failed `COMMIT`), and given back when the pool closes
-/// ([`PgStore::close`](super::PgStore::close) waits for it).
+/// batch) and for [`KEEP_MAX`] at most; dropped after a batch that failed
+/// on it (connection lost, a failed `COMMIT`), and given back when the
+/// pool closes ([`PgStore::close`](super::PgStore::close) waits for it).
 struct Conn {
     pool: PgPool,
-    held: Option<(PoolConnection<Postgres>, Instant)>,
+    held: Option<Held>,
+}
+
+/// The kept connection, when it was taken from the pool, and when its last
+/// batch began.
+struct Held {
+    conn: PoolConnection<Postgres>,
+    taken: Instant,
+    used: Instant,
 }
 
 impl Conn {
-    /// The held connection, or one from the pool.
-    async fn get(&mut self) -> Result<&mut PoolConnection<Postgres>, sqlx::Error> {
+    /// The held connection (`true`: kept from an earlier batch), or one
+    /// from the pool.
+    async fn get(&mut self) -> Result<(&mut PoolConnection<Postgres>, bool), sqlx::Error> {
         if self.pool.is_closed() {
             self.held = None;
             return Err(sqlx::Error::PoolClosed);
@@ -191,16 +205,24 @@ impl Conn {
         if self
             .held
             .as_ref()
-            .is_some_and(|(_, used)| used.elapsed() > KEEP_IDLE)
+            .is_some_and(|h| h.used.elapsed() > KEEP_IDLE || h.taken.elapsed() > KEEP_MAX)
         {
             self.held = None;
         }
-        let held = match self.held.take() {
-            Some((conn, _)) => conn,
-            None => self.pool.acquire().await?,
+        let now = Instant::now();
+        let (held, kept) = match self.held.take() {
+            Some(h) => (Held { used: now, ..h }, true),
+            None => {
+                let conn = self.pool.acquire().await?;
+                let h = Held {
+                    conn,
+                    taken: now,
+                    used: now,
+                };
+                (h, false)
+            }
         };
-        let (conn, _) = self.held.insert((held, Instant::now()));
-        Ok(conn)
+        Ok((&mut self.held.insert(held).conn, kept))
     }
 
     /// Gives the connection back to the pool (which checks it).
@@ -267,10 +289,9 @@ async fn commit(conn: &mut Conn, settings: &Settings, handoff: &Arc<Handoff>, jo
     let mut retried = false;
     let mut fresh = false;
     let failure = loop {
-        let kept = conn.held.is_some();
-        let tried = match conn.get().await {
-            Ok(c) => attempt(c, settings, handoff, &jobs).await,
-            Err(e) => Err(Failure::Batch(e.into())),
+        let (tried, kept) = match conn.get().await {
+            Ok((c, kept)) => (attempt(c, settings, handoff, &jobs).await, kept),
+            Err(e) => (Err(Failure::Batch(e.into())), false),
         };
         if matches!(tried, Err(Failure::Batch(_) | Failure::Begin(_))) {
             // The connection may be broken: the pool checks it.
