@@ -616,29 +616,50 @@ async fn attempt(
     Ok((results, ticket))
 }
 
-/// A batch's messages (`$1`..`$6`, by column) and its channels' new
-/// `last_seq` (`$7`, `$8`), in one statement.
-const WRITE_MESSAGES_COUNTERS: &str = "WITH counters AS (\
-     UPDATE channels SET last_seq = u.v FROM unnest($7::text[], $8::int8[]) AS u(n, v) \
-     WHERE channels.name = u.n) \
-     INSERT INTO messages (channel, seq, id, ts, sender, data) SELECT * FROM \
-     unnest($1::text[], $2::int8[], $3::text[], $4::int8[], $5::text[], $6::bytea[])";
+/// The eviction of `(lower, bound]` per channel, by column, with the three
+/// arrays' placeholders given: one text for the eviction of its own and the
+/// one inside the write statement.
+macro_rules! evict_sql {
+    ($names:literal, $lower:literal, $bound:literal) => {
+        concat!(
+            "DELETE FROM messages m USING unnest(",
+            $names,
+            "::text[], ",
+            $lower,
+            "::int8[], ",
+            $bound,
+            "::int8[]) AS e(n, lo, b) WHERE m.channel = e.n AND m.seq > e.lo AND m.seq <= e.b"
+        )
+    };
+}
 
-/// [`WRITE_MESSAGES_COUNTERS`] and the evictions (`$9`..`$11`, as
-/// [`EVICT`]'s `$1`..`$3`) of rows committed before the batch: the
-/// statement's parts share one snapshot, so the `DELETE` does not see the
-/// rows the `INSERT` adds (it must not need to).
-const WRITE_MESSAGES_COUNTERS_EVICT: &str = "WITH counters AS (\
-     UPDATE channels SET last_seq = u.v FROM unnest($7::text[], $8::int8[]) AS u(n, v) \
-     WHERE channels.name = u.n), \
-     evicted AS (DELETE FROM messages m USING unnest($9::text[], $10::int8[], $11::int8[]) \
-     AS e(n, lo, b) WHERE m.channel = e.n AND m.seq > e.lo AND m.seq <= e.b) \
-     INSERT INTO messages (channel, seq, id, ts, sender, data) SELECT * FROM \
-     unnest($1::text[], $2::int8[], $3::text[], $4::int8[], $5::text[], $6::bytea[])";
+/// The write statement: a `WITH` part setting the channels' new
+/// `last_seq` (`$7`, `$8`), any further `WITH` parts given, then the
+/// insert of the batch's messages (`$1`..`$6`, by column).
+macro_rules! write_sql {
+    ($($more:expr),*) => {
+        concat!(
+            "WITH counters AS (UPDATE channels SET last_seq = u.v \
+             FROM unnest($7::text[], $8::int8[]) AS u(n, v) WHERE channels.name = u.n)",
+            $(", ", $more,)*
+            " INSERT INTO messages (channel, seq, id, ts, sender, data) SELECT * FROM \
+             unnest($1::text[], $2::int8[], $3::text[], $4::int8[], $5::text[], $6::bytea[])"
+        )
+    };
+}
 
-/// Evicts `(lower, bound]` of each channel (by column).
-const EVICT: &str = "DELETE FROM messages m USING unnest($1::text[], $2::int8[], $3::int8[]) \
-     AS e(n, lo, b) WHERE m.channel = e.n AND m.seq > e.lo AND m.seq <= e.b";
+/// A batch's messages and its channels' new `last_seq`, in one statement.
+const WRITE_MESSAGES_COUNTERS: &str = write_sql!();
+
+/// [`WRITE_MESSAGES_COUNTERS`] and the evictions (`$9`..`$11`) of rows
+/// committed before the batch: the statement's parts share one snapshot, so
+/// the `DELETE` does not see the rows the `INSERT` adds (it must not need
+/// to).
+const WRITE_MESSAGES_COUNTERS_EVICT: &str =
+    write_sql!(concat!("evicted AS (", evict_sql!("$9", "$10", "$11"), ")"));
+
+/// Evicts `(lower, bound]` of each channel (`$1`..`$3`, by column).
+const EVICT: &str = evict_sql!("$1", "$2", "$3");
 
 /// The evictions of a batch, by column (one `unnest` delete).
 #[derive(Default)]
